@@ -1,0 +1,90 @@
+"""colorizers: the six colorization models of the DTU report and ParaColorizer behind one Lab pipeline.
+
+Public API::
+
+    import colorizers
+    colorizers.MODEL_NAMES                       # the six model names, in display order
+    net = colorizers.build_model("attention_ugan")   # an untrained, Hub-mixin network
+    net.save_pretrained("weights/attention_ugan")
+    c = colorizers.load_colorizer("paracolorizer", source="weights")   # or "owner/repo@rev"
+    colour = c.colorize(PIL.Image.open("photo.jpg"))
+"""
+from __future__ import annotations
+
+import os
+
+from . import networks as _networks  # noqa: F401  (registers the networks)
+from .paracolorizer import ParaColorizer
+from .pipeline import Colorizer, image_to_rgb_array, image_to_tensor, tensor_to_image
+from .registry import NETWORKS, build_model, network_class
+from .weights import BUNDLED_WEIGHTS, WEIGHTS_ENV, MissingWeightsError, default_source, load_network, network_dir
+
+MODEL_NAMES = ("cnn", "cnn_classifier", "attention_ugan", "paracolorizer_fg", "paracolorizer_bg", "paracolorizer")
+NETWORK_NAMES = ("cnn", "cnn_classifier", "attention_ugan", "paracolorizer_fg", "paracolorizer_bg", "paracolorizer_fusion")
+
+MODEL_TITLES = {
+    "cnn": "CNN baseline (DTU 3.1)",
+    "cnn_classifier": "CNN + classifier, Let there be Color! (DTU 3.2)",
+    "attention_ugan": "Attention UGAN (DTU 3.3)",
+    "paracolorizer_fg": "ParaColorizer foreground GAN (III-A)",
+    "paracolorizer_bg": "ParaColorizer background GAN (III-B)",
+    "paracolorizer": "ParaColorizer, DenseFuse-fused (III-C)",
+}
+
+#: The networks whose weights each model needs.
+MODEL_NETWORKS = {name: (name,) for name in MODEL_NAMES[:-1]}
+MODEL_NETWORKS["paracolorizer"] = ("paracolorizer_fg", "paracolorizer_bg", "paracolorizer_fusion")
+
+
+def _check_name(name: str) -> None:
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+
+
+def _assemble(name: str, nets: dict, device: str) -> Colorizer:
+    if name == "paracolorizer":
+        model = ParaColorizer(nets["paracolorizer_fg"], nets["paracolorizer_bg"], nets["paracolorizer_fusion"])
+    else:
+        model = nets[name]
+    return Colorizer(name, model, device)
+
+
+def load_colorizer(name: str, source: str | os.PathLike | None = None, device: str = "cpu") -> Colorizer:
+    """A trained model behind the pipeline. ``source``: a weights root (local folder, or Hub repo id with an
+    optional ``@revision``); default: ``$COLORIZERS_WEIGHTS`` or the bundled ``assets/weights``.
+    Raises ``MissingWeightsError`` naming what is missing."""
+    _check_name(name)
+    nets = {n: load_network(n, source, device) for n in MODEL_NETWORKS[name]}
+    return _assemble(name, nets, device)
+
+
+def load_colorizers(names=MODEL_NAMES, source=None, device: str = "cpu") -> tuple[dict[str, Colorizer], dict[str, str]]:
+    """Load several models at once, each network once (``paracolorizer`` shares fg/bg with the single models).
+
+    Returns ``(available, unavailable)``: name -> Colorizer, and name -> the reason it could not be loaded.
+    """
+    loaded: dict[str, object] = {}
+    available: dict[str, Colorizer] = {}
+    unavailable: dict[str, str] = {}
+    for name in names:
+        _check_name(name)
+        try:
+            for net in MODEL_NETWORKS[name]:
+                if net not in loaded:
+                    loaded[net] = load_network(net, source, device)
+                elif isinstance(loaded[net], Exception):
+                    raise loaded[net]
+            available[name] = _assemble(name, loaded, device)
+        except (MissingWeightsError, ValueError, RuntimeError, OSError) as err:
+            for net in MODEL_NETWORKS[name]:
+                loaded.setdefault(net, err)
+            unavailable[name] = str(err)
+    return available, unavailable
+
+
+__all__ = [
+    "BUNDLED_WEIGHTS", "Colorizer", "MODEL_NAMES", "MODEL_NETWORKS", "MODEL_TITLES", "MissingWeightsError",
+    "NETWORKS", "NETWORK_NAMES", "ParaColorizer", "WEIGHTS_ENV", "build_model", "default_source",
+    "image_to_rgb_array", "image_to_tensor", "load_colorizer", "load_colorizers", "load_network",
+    "network_class", "network_dir", "tensor_to_image",
+]

@@ -1,0 +1,136 @@
+"""Colour conversion between sRGB and CIE Lab (D65), in torch and differentiable.
+
+Every model in this project predicts the a,b channels of Lab from L (DTU report section 1; ParaColorizer
+section III and Fig. 3), so this module is the single place where colour is converted and normalised.
+Training uses the same functions, which is why they are written in torch (autograd flows through them)
+rather than with scikit-image; ``tests/test_color.py`` checks them against scikit-image.
+
+Conventions:
+- RGB tensors are float in [0, 1], shape ``(..., 3, H, W)``.
+- Lab tensors are ``(..., 3, H, W)`` with L in [0, 100] and a, b roughly in [-110, 110].
+- Networks see ``normalize_l(L)`` in [-1, 1] and predict ``normalize_ab(ab)`` in [-1, 1].
+"""
+from __future__ import annotations
+
+import torch
+
+# sRGB (D65) <-> XYZ matrices, as in IEC 61966-2-1 and scikit-image.
+_RGB_TO_XYZ = torch.tensor(
+    [[0.412453, 0.357580, 0.180423],
+     [0.212671, 0.715160, 0.072169],
+     [0.019334, 0.119193, 0.950227]], dtype=torch.float64)
+_XYZ_TO_RGB = torch.linalg.inv(_RGB_TO_XYZ)
+_WHITE_D65 = torch.tensor([0.95047, 1.0, 1.08883], dtype=torch.float64)
+
+L_SCALE = 50.0    # L in [0, 100]  ->  L / 50 - 1 in [-1, 1]
+AB_SCALE = 110.0  # a, b in about [-110, 110]  ->  ab / 110 in [-1, 1]
+
+_EPS = 6.0 / 29.0
+
+
+def normalize_l(l: torch.Tensor) -> torch.Tensor:
+    return l / L_SCALE - 1.0
+
+
+def unnormalize_l(l_norm: torch.Tensor) -> torch.Tensor:
+    return (l_norm + 1.0) * L_SCALE
+
+
+def normalize_ab(ab: torch.Tensor) -> torch.Tensor:
+    return ab / AB_SCALE
+
+
+def unnormalize_ab(ab_norm: torch.Tensor) -> torch.Tensor:
+    return ab_norm * AB_SCALE
+
+
+def _matmul_channels(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Apply a 3x3 matrix to the channel dimension (-3) of x."""
+    m = m.to(dtype=x.dtype, device=x.device)
+    return torch.einsum("ij,...jhw->...ihw", m, x)
+
+
+def srgb_to_linear(rgb: torch.Tensor) -> torch.Tensor:
+    rgb = rgb.clamp(0.0, 1.0)
+    return torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055).clamp_min(1e-12) ** 2.4, rgb / 12.92)
+
+
+def linear_to_srgb(lin: torch.Tensor) -> torch.Tensor:
+    return torch.where(lin > 0.0031308, 1.055 * lin.clamp_min(1e-12) ** (1 / 2.4) - 0.055, 12.92 * lin)
+
+
+def _f(t: torch.Tensor) -> torch.Tensor:
+    return torch.where(t > _EPS ** 3, t.clamp_min(1e-12) ** (1.0 / 3.0), t / (3 * _EPS ** 2) + 4.0 / 29.0)
+
+
+def _f_inv(t: torch.Tensor) -> torch.Tensor:
+    return torch.where(t > _EPS, t ** 3, 3 * _EPS ** 2 * (t - 4.0 / 29.0))
+
+
+def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """sRGB in [0, 1] -> Lab (L in [0, 100]). Shape (..., 3, H, W)."""
+    xyz = _matmul_channels(_RGB_TO_XYZ, srgb_to_linear(rgb))
+    white = _WHITE_D65.to(dtype=rgb.dtype, device=rgb.device).view(3, 1, 1)
+    fx, fy, fz = _f(xyz / white).unbind(-3)
+    l = 116.0 * fy - 16.0
+    a = 500.0 * (fx - fy)
+    b = 200.0 * (fy - fz)
+    return torch.stack([l, a, b], dim=-3)
+
+
+def lab_to_linear_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """Lab -> linear RGB, not clipped (values outside [0, 1] are out of the sRGB gamut)."""
+    l, a, b = lab.unbind(-3)
+    fy = (l + 16.0) / 116.0
+    fx = fy + a / 500.0
+    fz = fy - b / 200.0
+    white = _WHITE_D65.to(dtype=lab.dtype, device=lab.device).view(3, 1, 1)
+    xyz = torch.stack([_f_inv(fx), _f_inv(fy), _f_inv(fz)], dim=-3) * white
+    return _matmul_channels(_XYZ_TO_RGB, xyz)
+
+
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """Lab -> sRGB in [0, 1], clipped per channel (differentiable; use in training losses)."""
+    return linear_to_srgb(lab_to_linear_rgb(lab).clamp(0.0, 1.0))
+
+
+def lab_to_rgb_in_gamut(lab: torch.Tensor, iterations: int = 10) -> torch.Tensor:
+    """Lab -> sRGB in [0, 1], bringing out-of-gamut colours into the gamut by reducing chroma.
+
+    Per-channel clipping of an out-of-gamut colour changes its lightness, and the pipeline promises that the
+    output keeps the input's L. Here each out-of-gamut pixel keeps its L and hue and has its chroma scaled by
+    the largest factor s in [0, 1] that lands in gamut (bisection; a grey with the same L is always in gamut,
+    so s = 0 is a valid lower bound). Not meant for backpropagation.
+    """
+    with torch.no_grad():
+        lin = lab_to_linear_rgb(lab)
+        tol = 1e-6
+        bad = ((lin < -tol) | (lin > 1 + tol)).any(dim=-3)  # (..., H, W)
+        if bool(bad.any()):
+            lab_cl = lab.movedim(-3, -1)  # (..., H, W, 3)
+            px = lab_cl[bad]  # (N, 3)
+            lo = torch.zeros(px.shape[0], dtype=lab.dtype, device=lab.device)
+            hi = torch.ones_like(lo)
+            for _ in range(iterations):
+                mid = (lo + hi) / 2
+                trial = torch.cat([px[:, :1], px[:, 1:] * mid[:, None]], dim=1)
+                t_lin = lab_to_linear_rgb(trial.T[:, :, None]).squeeze(-1).T
+                ok = ((t_lin >= -tol) & (t_lin <= 1 + tol)).all(dim=1)
+                lo = torch.where(ok, mid, lo)
+                hi = torch.where(ok, hi, mid)
+            fixed = torch.cat([px[:, :1], px[:, 1:] * lo[:, None]], dim=1)
+            lab_cl = lab_cl.clone()
+            lab_cl[bad] = fixed
+            lin = lab_to_linear_rgb(lab_cl.movedim(-1, -3))
+        return linear_to_srgb(lin.clamp(0.0, 1.0))
+
+
+def rgb_to_l(rgb: torch.Tensor) -> torch.Tensor:
+    """The L channel (0..100) of sRGB, shape (..., 1, H, W)."""
+    return rgb_to_lab(rgb)[..., :1, :, :]
+
+
+def gray_to_rgb_from_l(l: torch.Tensor) -> torch.Tensor:
+    """A grey sRGB image with the given L (a = b = 0)."""
+    lab = torch.cat([l, torch.zeros_like(l), torch.zeros_like(l)], dim=-3)
+    return lab_to_rgb(lab)

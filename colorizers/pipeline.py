@@ -1,0 +1,119 @@
+"""The one inference pipeline every model goes through (after richzhang/colorization's ``util``).
+
+image -> full-resolution L -> L resized to the model's native size -> model predicts a,b -> a,b up-sampled to
+the original size -> recombined with the original full-resolution L -> brought into the sRGB gamut by
+reducing chroma (so L is kept) -> RGB image of exactly the input's size.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from .color import lab_to_rgb_in_gamut, rgb_to_l
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+_ALPHA_MODES = {"LA", "La", "RGBA", "RGBa", "PA"}
+
+
+class ABPredictor(Protocol):
+    native_size: int
+
+    def predict_ab(self, l: torch.Tensor) -> torch.Tensor: ...
+
+
+def image_to_rgb_array(image: Image.Image) -> np.ndarray:
+    """Any PIL image -> float32 RGB array (H, W, 3) in [0, 1], with its EXIF orientation applied.
+
+    Grey modes (1, L, I;16*, I, F) are replicated to three channels without going through 8 bits, transparent
+    images are composited over white, palette and CMYK/YCbCr images are converted to RGB.
+    """
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image, got {type(image).__name__}")
+    image = ImageOps.exif_transpose(image) or image
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES or mode == "F":
+        arr = np.asarray(image, dtype=np.float64)
+        if mode == "F":
+            peak = 1.0 if arr.size == 0 or np.nanmax(arr) <= 1.0 else 255.0
+        elif mode == "I":
+            top = arr.max() if arr.size else 0
+            peak = 255.0 if top <= 255 else 65535.0 if top <= 65535 else float(top)
+        else:
+            peak = 65535.0
+        gray = np.clip(np.nan_to_num(arr / peak), 0.0, 1.0).astype(np.float32)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in _ALPHA_MODES:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba).convert("RGB")
+    elif mode in ("1", "L"):
+        gray = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        return np.repeat(gray[..., None], 3, axis=2)
+    elif mode != "RGB":
+        try:
+            image = image.convert("RGB")
+        except (ValueError, OSError) as err:
+            raise ValueError(f"cannot read an image of mode {mode!r}: {err}") from None
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL image -> (1, 3, H, W) float32 sRGB in [0, 1]."""
+    return torch.from_numpy(image_to_rgb_array(image)).permute(2, 0, 1)[None].contiguous()
+
+
+def tensor_to_image(rgb: torch.Tensor) -> Image.Image:
+    """(1, 3, H, W) or (3, H, W) in [0, 1] -> 8-bit RGB PIL image."""
+    if rgb.dim() == 4:
+        rgb = rgb[0]
+    arr = (rgb.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+def predict_full_resolution_ab(model: ABPredictor, l_full: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Run ``model`` at its native size on ``l_full`` (B, 1, H, W) and up-sample its a,b to (B, 2, H, W)."""
+    size = (model.native_size, model.native_size)
+    l_small = F.interpolate(l_full, size=size, mode="bilinear", antialias=True, align_corners=False)
+    ab_small = model.predict_ab(l_small.to(device)).float().cpu()
+    return F.interpolate(ab_small, size=l_full.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def recombine(l_full: torch.Tensor, ab_full: torch.Tensor) -> torch.Tensor:
+    """Full-resolution L + a,b -> sRGB in gamut, L kept."""
+    return lab_to_rgb_in_gamut(torch.cat([l_full, ab_full], dim=1))
+
+
+@dataclass
+class Colorizer:
+    """A loaded model behind the common pipeline: ``colorize(PIL.Image) -> PIL.Image``."""
+
+    name: str
+    model: ABPredictor
+    device: str | torch.device = "cpu"
+
+    @property
+    def native_size(self) -> int:
+        return self.model.native_size
+
+    @torch.inference_mode()
+    def colorize_l(self, l_full: torch.Tensor) -> torch.Tensor:
+        """L (B, 1, H, W) in [0, 100] -> sRGB (B, 3, H, W) in [0, 1] with that L."""
+        return recombine(l_full, predict_full_resolution_ab(self.model, l_full, self.device))
+
+    @torch.inference_mode()
+    def colorize(self, image: Image.Image) -> Image.Image:
+        l_full = rgb_to_l(image_to_tensor(image))
+        return tensor_to_image(self.colorize_l(l_full))
+
+    def timed_colorize(self, image: Image.Image) -> tuple[Image.Image, float]:
+        start = time.perf_counter()
+        out = self.colorize(image)
+        return out, time.perf_counter() - start
