@@ -1,0 +1,113 @@
+"""The training image readers: folders, tar shards and colorize256 manifests, on generated images."""
+from __future__ import annotations
+
+import csv
+import io
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from train.data import ImageSet, read_images
+
+
+def solid(colour, size=(40, 30)) -> Image.Image:
+    return Image.new("RGB", size, colour)
+
+
+def encode(image: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    return buf.getvalue()
+
+
+MINI_ROWS = [  # file, split, label, kind, colour
+    ("train/00000.webp", "train", "cat", "object", (255, 0, 0)),
+    ("train/00001.webp", "train", "", "mixed", (0, 255, 0)),
+    ("train/00002.webp", "train", "beach", "scene", (0, 0, 255)),
+    ("val/00000.webp", "val", "dog", "object", (255, 255, 0)),
+    ("val/00001.webp", "val", "forest", "scene", (0, 255, 255)),
+]
+
+
+@pytest.fixture
+def mini_manifest(tmp_path):
+    """A colorize256-shaped manifest over two tar shards of 32x32 WebP images."""
+    shards = {"train": "train-00.tar", "val": "val.tar"}
+    for split, shard in shards.items():
+        with tarfile.open(tmp_path / shard, "w") as tar:
+            for file, row_split, _, _, colour in MINI_ROWS:
+                if row_split == split:
+                    data = encode(solid(colour, (32, 32)), "WEBP")
+                    info = tarfile.TarInfo(file)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    path = tmp_path / "manifest.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "split", "shard", "source", "label", "kind", "orig_w", "orig_h", "chroma"])
+        for file, split, label, kind, _ in MINI_ROWS:
+            writer.writerow([file, split, shards[split], "test", label, kind, 32, 32, 50.0])
+    return path
+
+
+def test_folder_is_read_recursively_resized_and_centre_cropped(tmp_path):
+    (tmp_path / "sub").mkdir()
+    wide = Image.new("RGB", (60, 20), (0, 0, 255))
+    wide.paste((255, 0, 0), (20, 0, 40, 20))  # red centre third, blue sides
+    wide.save(tmp_path / "sub" / "wide.png")
+    solid((0, 200, 0)).convert("L").save(tmp_path / "grey.jpg")
+    (tmp_path / "notes.txt").write_text("not an image")
+
+    s = read_images([str(tmp_path)], size=16)
+    assert isinstance(s, ImageSet) and len(s) == 2
+    assert s.images.shape == (2, 3, 16, 16) and s.images.dtype.is_floating_point is False
+    assert s.names == ["grey.jpg", "sub/wide.png"]
+    assert s.labels == [None, None] and s.kinds == [None, None]
+    centre = s.images[1].permute(1, 2, 0).numpy().astype(int)
+    assert (np.abs(centre[4:12, 4:12] - [255, 0, 0]) < 8).all()  # the crop is the red centre
+    grey = s.images[0].numpy()
+    assert (grey[0] == grey[1]).all() and (grey[1] == grey[2]).all()
+
+
+def test_tar_shard_and_max_images(tmp_path):
+    path = tmp_path / "shard.tar"
+    with tarfile.open(path, "w") as tar:
+        for i, colour in enumerate([(10, 20, 30), (200, 100, 50), (0, 0, 0)]):
+            data = encode(solid(colour, (24, 24)), "PNG")
+            info = tarfile.TarInfo(f"train/{i:05d}.png")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    s = read_images([str(path)], size=24)
+    assert s.names == ["train/00000.png", "train/00001.png", "train/00002.png"]
+    assert s.images[1, :, 5, 5].tolist() == [200, 100, 50]
+    assert len(read_images([str(path), str(path)], size=24, max_images=4)) == 4
+
+
+def test_manifest_split_and_kind_filters(mini_manifest):
+    every = read_images([str(mini_manifest)], size=32)
+    assert len(every) == 5
+    val = read_images([str(mini_manifest)], split="val", size=32)
+    assert val.names == ["val/00000.webp", "val/00001.webp"] and val.labels == ["dog", "forest"]
+    assert val.images[0, :, 0, 0].tolist() == [255, 255, 0]
+    train_objects = read_images([str(mini_manifest)], split="train", kinds=["object", "mixed"], size=32)
+    assert train_objects.kinds == ["object", "mixed"]
+    assert train_objects.labels == ["cat", None]  # an empty label is unknown
+    scenes = read_images([str(mini_manifest)], kinds=["scene"], size=32, max_images=1)
+    assert scenes.names == ["train/00002.webp"]
+
+
+def test_clear_errors(tmp_path, mini_manifest):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_images([str(tmp_path / "nowhere")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        read_images([str(tmp_path / "empty")])
+    with pytest.raises(ValueError, match="unknown kind"):
+        read_images([str(mini_manifest)], kinds=["people"])
+    with pytest.raises(ValueError, match="unknown split"):
+        read_images([str(mini_manifest)], split="test")
+    (tmp_path / "val.tar").unlink()
+    with pytest.raises(FileNotFoundError, match="val.tar"):
+        read_images([str(mini_manifest)], split="val")
