@@ -1,0 +1,125 @@
+"""The one pipeline: every image mode, EXIF orientation, exact output size, and the input's L kept."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.color import rgb2lab
+
+import colorizers
+from colorizers.color import lab_to_rgb, lab_to_rgb_in_gamut, rgb_to_lab
+from colorizers.pipeline import image_to_rgb_array
+from tests.conftest import random_image
+
+
+def lightness(image: Image.Image) -> np.ndarray:
+    return rgb2lab(image_to_rgb_array(image))[..., 0]
+
+
+def chroma(image: Image.Image) -> float:
+    lab = rgb2lab(np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0)
+    return float(np.hypot(lab[..., 1], lab[..., 2]).mean())
+
+
+@pytest.fixture(scope="module")
+def models(random_weights_root):
+    available, unavailable = colorizers.load_colorizers(source=random_weights_root)
+    assert not unavailable
+    return available
+
+
+def test_lab_matches_scikit_image_and_round_trips():
+    rgb = torch.rand(2, 3, 19, 23, dtype=torch.float64)
+    ref = rgb2lab(rgb.permute(0, 2, 3, 1).numpy())
+    assert np.abs(rgb_to_lab(rgb).permute(0, 2, 3, 1).numpy() - ref).max() < 1e-3
+    assert torch.allclose(lab_to_rgb(rgb_to_lab(rgb)), rgb, atol=1e-6)
+
+
+def test_colour_conversion_is_differentiable():
+    ab = torch.zeros(1, 2, 8, 8, requires_grad=True)
+    lab = torch.cat([torch.full((1, 1, 8, 8), 50.0), ab], dim=1)
+    lab_to_rgb(lab)[:, 0].sum().backward()
+    assert ab.grad is not None and ab.grad.abs().sum() > 0
+
+
+def test_gamut_mapping_keeps_lightness_where_clipping_does_not():
+    g = torch.Generator().manual_seed(0)
+    lab = torch.stack([torch.rand(64, 64, generator=g) * 100, torch.randn(64, 64, generator=g) * 90,
+                       torch.randn(64, 64, generator=g) * 90]).double()
+    mapped = rgb_to_lab(lab_to_rgb_in_gamut(lab))[0]
+    clipped = rgb_to_lab(lab_to_rgb(lab))[0]
+    assert (mapped - lab[0]).abs().max() < 0.01
+    assert (clipped - lab[0]).abs().mean() > 1.0  # the problem the mapping solves
+
+
+SIZES = [(1, 1), (7, 5), (33, 517), (600, 13), (255, 257), (1000, 3)]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
+def test_every_model_keeps_size_and_lightness_at_odd_sizes_and_aspect_ratios(models, size):
+    image = random_image(size[1], size[0], seed=size[0])
+    for name, colorizer in models.items():
+        out = colorizer.colorize(image)
+        assert out.mode == "RGB" and out.size == image.size, name
+        assert np.abs(lightness(out) - lightness(image)).mean() < 0.5, name
+
+
+def test_models_produce_colour_from_grey(models, photo):
+    grey = photo.convert("L")
+    for name, colorizer in models.items():
+        assert chroma(colorizer.colorize(grey)) > chroma(grey) + 1.0, name
+
+
+def _modes(photo: Image.Image) -> dict[str, Image.Image]:
+    small = photo.resize((97, 61))
+    rgba = small.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(small.size))
+    grey16 = Image.fromarray((np.asarray(small.convert("L"), dtype=np.uint16) * 257), "I;16")
+    return {
+        "L": small.convert("L"), "LA": rgba.convert("LA"), "RGB": small, "RGBA": rgba,
+        "P": small.convert("P", palette=Image.Palette.ADAPTIVE), "CMYK": small.convert("CMYK"),
+        "I;16": grey16, "1": small.convert("1"), "I": small.convert("I"),
+    }
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA", "P", "CMYK", "I;16", "1", "I"])
+def test_every_image_mode(models, photo, mode):
+    image = _modes(photo)[mode]
+    assert image.mode == mode
+    expected_l = lightness(image)
+    for name in ("cnn", "paracolorizer"):
+        out = models[name].colorize(image)
+        assert out.size == image.size and out.mode == "RGB"
+        assert np.abs(lightness(out) - expected_l).mean() < 0.5, (name, mode)
+
+
+def test_sixteen_bit_grey_keeps_its_precision():
+    ramp = np.linspace(0, 65535, 4096, dtype=np.uint16).reshape(64, 64)
+    arr = image_to_rgb_array(Image.fromarray(ramp, "I;16"))
+    assert len(np.unique(arr[..., 0])) > 1000  # not squeezed through 8 bits
+    assert arr.max() == pytest.approx(1.0) and arr.min() == 0.0
+
+
+def test_transparent_pixels_are_composited_over_white():
+    rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert np.allclose(image_to_rgb_array(rgba), 1.0)
+
+
+def test_exif_orientation_is_applied(models, photo):
+    tall = photo.resize((40, 90))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    buf = io.BytesIO()
+    tall.save(buf, "JPEG", exif=exif.tobytes())
+    shown = Image.open(io.BytesIO(buf.getvalue()))
+    assert shown.size == (40, 90)
+    out = models["cnn"].colorize(shown)
+    assert out.size == (90, 40)
+
+
+def test_non_images_are_refused(models):
+    with pytest.raises(TypeError, match="PIL image"):
+        models["cnn"].colorize(np.zeros((4, 4)))
