@@ -141,6 +141,15 @@ def test_frechet_distance_of_one_dimensional_gaussians():
     assert metrics.frechet_distance(0.0, 1.0, 3.0, 4.0) == pytest.approx(10.0, rel=1e-12)
 
 
+@pytest.mark.parametrize("n1, n2, dim", [(5, 7, 16), (40, 30, 8)])  # fewer and more vectors than dimensions
+def test_fid_from_features_is_the_frechet_distance_of_their_statistics(n1, n2, dim):
+    rng = np.random.default_rng(2)
+    f1, f2 = rng.normal(size=(n1, dim)), rng.normal(0.5, 2.0, size=(n2, dim))
+    expected = metrics.frechet_distance(*metrics.feature_statistics(f1), *metrics.feature_statistics(f2))
+    assert metrics.fid_from_features(f1, f2) == pytest.approx(expected, rel=1e-9)
+    assert metrics.fid_from_features(f1, f1) == pytest.approx(0.0, abs=1e-9)
+
+
 def test_fid_from_features_needs_two_samples():
     with pytest.raises(ValueError, match="at least 2"):
         metrics.fid_from_features(np.zeros((1, 4)), np.zeros((3, 4)))

