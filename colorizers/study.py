@@ -1,0 +1,440 @@
+"""The blind real-vs-fake realism study of ParaColorizer (section IV-D-1, Table III), without any UI.
+
+A participant sees pairs: a ground-truth colour photo and one model's recolouring of its grey version, side by
+side in random order. They pick the recoloured one and say whether they are confident, which gives the paper's
+four cases and scores (how much the model fooled them):
+
+    case 1: right, confident      0        case 3: wrong, not confident   0.75
+    case 2: right, not confident  0.25     case 4: wrong, confident       1
+
+The fooling score is the mean score over all decisions (Table III: 215 points over 400 decisions = 0.5375; the
+paper's printed formula divides by batches x subjects instead, which does not give its own 0.5375). A
+participant who cannot tell the images apart scores 0.5 whatever their confidence.
+
+This module holds the protocol (settings, balanced assignment), the scoring and its bootstrap intervals, the
+stimuli (cached recolourings, blind encoding) and ``Study``, which runs participants through it on top of
+``StudyStore``. ``colorizers.study_app`` puts it in the Gradio app.
+"""
+from __future__ import annotations
+
+import atexit
+import hashlib
+import os
+import random
+import secrets
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .color import gray_to_rgb_from_l, rgb_to_l
+from .pipeline import Colorizer, image_to_tensor, tensor_to_image
+from .study_store import SIDES, AnswerRejected, StudyStore, Trial, TrialSpec
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PHOTOS = REPO_ROOT / "assets" / "study"
+DEFAULT_DATA_DIR = REPO_ROOT / "data" / "study"
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+#: Score of each case, cases 1..4 (index 0 is case 1).
+CASE_SCORES = (0.0, 0.25, 0.75, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """The organiser's choices; ``from_env`` reads them from ``STUDY_*`` environment variables."""
+
+    photos_dir: Path = DEFAULT_PHOTOS
+    data_dir: Path = DEFAULT_DATA_DIR
+    db_path: Path | None = None  # default: <data_dir>/study.sqlite3
+    models: tuple[str, ...] | None = None  # default: every available model
+    practice_pairs: int = 2
+    batches: int = 4
+    pairs_per_batch: int = 5
+    seed: int = 0
+    jpeg_quality: int = 90
+    bootstrap_samples: int = 2000
+    admin_password: str | None = field(default=None, repr=False)
+
+    ENV = {
+        "photos_dir": "STUDY_PHOTOS", "data_dir": "STUDY_DATA_DIR", "db_path": "STUDY_DB",
+        "models": "STUDY_MODELS", "practice_pairs": "STUDY_PRACTICE_PAIRS", "batches": "STUDY_BATCHES",
+        "pairs_per_batch": "STUDY_PAIRS_PER_BATCH", "seed": "STUDY_SEED", "admin_password": "STUDY_ADMIN_PASSWORD",
+    }
+
+    def __post_init__(self):
+        for name in ("batches", "pairs_per_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.practice_pairs < 0:
+            raise ValueError(f"practice_pairs must be 0 or more, got {self.practice_pairs}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides) -> StudySettings:
+        values: dict = {}
+        for name, var in cls.ENV.items():
+            raw = environ.get(var, "").strip()
+            if not raw:
+                continue
+            if name in ("photos_dir", "data_dir", "db_path"):
+                values[name] = Path(raw).expanduser()
+            elif name == "models":
+                values[name] = tuple(m.strip() for m in raw.split(",") if m.strip())
+            elif name == "admin_password":
+                values[name] = raw
+            else:
+                try:
+                    values[name] = int(raw)
+                except ValueError:
+                    raise ValueError(f"{var} must be a whole number, got {raw!r}") from None
+        return cls(**{**values, **overrides})
+
+    @property
+    def database(self) -> Path:
+        return Path(self.db_path) if self.db_path else Path(self.data_dir) / "study.sqlite3"
+
+    @property
+    def scored_pairs(self) -> int:
+        return self.batches * self.pairs_per_batch
+
+    @property
+    def photos_per_participant(self) -> int:
+        return self.practice_pairs + self.scored_pairs
+
+
+class StudySetupError(RuntimeError):
+    """The study cannot run as configured; the message says why and what to change."""
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+
+
+def decision_case(correct: bool, confident: bool) -> int:
+    """The paper's case (1..4) of one decision: did the participant pick the recolouring, and were they sure."""
+    if correct:
+        return 1 if confident else 2
+    return 4 if confident else 3
+
+
+def fooling_score(case_counts: Sequence[Sequence[int]]) -> float:
+    """Mean score over all decisions, from one ``[case1, case2, case3, case4]`` row of counts per batch."""
+    counts = np.asarray(case_counts, dtype=float).reshape(-1, 4).sum(axis=0)
+    if counts.sum() == 0:
+        raise ValueError("no decisions to score")
+    return float(counts @ np.asarray(CASE_SCORES) / counts.sum())
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    model: str
+    participants: int
+    decisions: int
+    fooling_score: float
+    fooling_ci: tuple[float, float]
+    fool_rate: float  # share of decisions where the participant picked the real photo
+    fool_rate_ci: tuple[float, float]
+
+
+def bootstrap_ratio_ci(numerators: np.ndarray, denominators: np.ndarray, rng: np.random.Generator,
+                       samples: int, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of sum(numerators) / sum(denominators) when the units (participants) are resampled
+    with replacement."""
+    picks = rng.integers(0, len(numerators), size=(samples, len(numerators)))
+    stats = numerators[picks].sum(axis=1) / denominators[picks].sum(axis=1)
+    low, high = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def summarize(answers: Iterable, samples: int = 2000, seed: int = 0, level: float = 0.95) -> list[ModelSummary]:
+    """Per model: fooling score and fool rate, each with a bootstrap interval over participants. ``answers``:
+    objects with ``participant_id``, ``model`` and ``case_number`` (e.g. ``StudyStore.answers()``)."""
+    per_model: dict[str, dict[str, list[int]]] = {}
+    for a in answers:
+        per_model.setdefault(a.model, {}).setdefault(a.participant_id, []).append(a.case_number)
+    rng = np.random.default_rng(seed)
+    summaries = []
+    for model, by_participant in per_model.items():
+        cases = [np.asarray(c) for c in by_participant.values()]
+        decisions = np.array([len(c) for c in cases], dtype=float)
+        scores = np.array([np.take(CASE_SCORES, c - 1).sum() for c in cases])
+        fooled = np.array([(c >= 3).sum() for c in cases], dtype=float)
+        summaries.append(ModelSummary(
+            model=model, participants=len(cases), decisions=int(decisions.sum()),
+            fooling_score=float(scores.sum() / decisions.sum()),
+            fooling_ci=bootstrap_ratio_ci(scores, decisions, rng, samples, level),
+            fool_rate=float(fooled.sum() / decisions.sum()),
+            fool_rate_ci=bootstrap_ratio_ci(fooled, decisions, rng, samples, level),
+        ))
+    return summaries
+
+
+def case_table(answers: Iterable) -> dict[str, dict[int, list[int]]]:
+    """Table III per model: model -> batch -> [case1, case2, case3, case4] counts."""
+    table: dict[str, dict[int, list[int]]] = {}
+    for a in answers:
+        table.setdefault(a.model, {}).setdefault(a.batch, [0, 0, 0, 0])[a.case_number - 1] += 1
+    return {model: dict(sorted(batches.items())) for model, batches in table.items()}
+
+
+# -------------------------------------------------------------------------------------------------- assignment
+
+
+def practice_photos(photos: Sequence[str], settings: StudySettings) -> list[str]:
+    """The photos reserved for the practice round (the same for everyone, never in a scored pair)."""
+    return random.Random(f"practice/{settings.seed}").sample(sorted(photos), settings.practice_pairs)
+
+
+def assign_trials(photos: Sequence[str], models: Sequence[str], settings: StudySettings,
+                  participant_number: int) -> list[TrialSpec]:
+    """The pairs of the participant who arrived ``participant_number``-th (0-based): practice first, then
+    ``batches`` x ``pairs_per_batch`` scored pairs. Pure and seeded by ``settings.seed`` and the number.
+
+    No photo appears twice, and practice photos are never scored. Each participant sees every model
+    ``scored_pairs // len(models)`` or one more times; which models get the extra pairs rotates with the
+    participant number, so over consecutive participants every model is shown equally often. The models come in
+    shuffled rounds (every model once per round), which spreads them over the batches. Half the recolourings are
+    on the left (one more on one side when the count is odd).
+    """
+    if len(photos) < settings.photos_per_participant:
+        raise StudySetupError(photo_shortage(len(photos), settings))
+    if not models:
+        raise StudySetupError("no model to study")
+    rng = random.Random(f"participant/{settings.seed}/{participant_number}")
+    practice = practice_photos(photos, settings)
+    scored_pool = sorted(set(photos) - set(practice))
+
+    models = list(models)
+    rounds, extra = divmod(settings.scored_pairs, len(models))
+    start = participant_number * extra % len(models)
+    extras = [models[(start + i) % len(models)] for i in range(extra)]
+    sequence = [m for _ in range(rounds) for m in rng.sample(models, len(models))] + rng.sample(extras, extra)
+
+    sides = [SIDES[i % 2] for i in range(settings.scored_pairs)]
+    rng.shuffle(sides)
+    trials = [TrialSpec("practice", 0, photo, rng.choice(models), rng.choice(SIDES)) for photo in practice]
+    for i, (photo, model, side) in enumerate(zip(rng.sample(scored_pool, settings.scored_pairs), sequence, sides)):
+        trials.append(TrialSpec("scored", i // settings.pairs_per_batch + 1, photo, model, side))
+    return trials
+
+
+def photo_shortage(have: int, settings: StudySettings) -> str:
+    return (f"The study needs {settings.photos_per_participant} different photos per participant "
+            f"({settings.practice_pairs} practice + {settings.batches} batches x {settings.pairs_per_batch} "
+            f"scored pairs) but {settings.photos_dir} has only {have}. Add photos there, point STUDY_PHOTOS at a "
+            "bigger folder, or lower STUDY_PRACTICE_PAIRS, STUDY_BATCHES or STUDY_PAIRS_PER_BATCH.")
+
+
+# ----------------------------------------------------------------------------------------------------- stimuli
+
+
+def weights_identity(colorizer: Colorizer) -> str:
+    """A fingerprint of a model's weights (names, shapes, dtypes and values of its state dict)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(colorizer.model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def grey_version(photo: Image.Image) -> Image.Image:
+    """The photo with its colour removed: the same CIE L, a = b = 0."""
+    return tensor_to_image(gray_to_rgb_from_l(rgb_to_l(image_to_tensor(photo))))
+
+
+def save_blind(image: Image.Image, folder: Path, quality: int) -> Path:
+    """Encode ``image`` as a baseline JPEG with fixed settings and no metadata under a random name in ``folder``.
+    Both images of a pair go through here, so nothing but their pixels tells them apart."""
+    pixels = Image.frombytes("RGB", image.size, image.convert("RGB").tobytes())  # drops EXIF, ICC, comments
+    path = folder / f"{secrets.token_hex(16)}.jpg"
+    pixels.save(path, "JPEG", quality=quality, subsampling="4:2:0", optimize=False, progressive=False)
+    return path
+
+
+class Stimuli:
+    """The study photos and the models' recolourings of them, computed once and cached on disk under
+    ``cache_dir/<model>/<weights identity>/<photo name>-<photo hash>.png``."""
+
+    def __init__(self, photos_dir: Path, colorizers: Mapping[str, Colorizer], cache_dir: Path):
+        self.photos = {p.name: p for p in sorted(Path(photos_dir).iterdir())
+                       if p.suffix.lower() in PHOTO_SUFFIXES} if Path(photos_dir).is_dir() else {}
+        self.colorizers = dict(colorizers)
+        self.weights = {name: weights_identity(c) for name, c in self.colorizers.items()}
+        self.cache_dir = Path(cache_dir)
+        self._lock = threading.Lock()
+
+    def photo(self, name: str) -> Image.Image:
+        with Image.open(self.photos[name]) as image:
+            return (ImageOps.exif_transpose(image) or image).convert("RGB")
+
+    def _cache_path(self, model: str, name: str) -> Path:
+        photo_hash = hashlib.sha256(self.photos[name].read_bytes()).hexdigest()[:16]
+        return self.cache_dir / model / self.weights[model] / f"{Path(name).stem}-{photo_hash}.png"
+
+    def recolouring(self, model: str, name: str) -> Image.Image:
+        path = self._cache_path(model, name)
+        with self._lock:  # one recolouring at a time: the CPU is shared, and no pair is computed twice
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                image = self.colorizers[model].colorize(grey_version(self.photo(name)))
+                staging = path.with_suffix(".tmp")
+                image.save(staging, "PNG")
+                os.replace(staging, path)
+        with Image.open(path) as image:
+            return image.convert("RGB")
+
+    def warm(self, models: Iterable[str], stop: threading.Event) -> None:
+        """Compute every missing recolouring of ``models`` ahead of the participants, until ``stop`` is set."""
+        for model in models:
+            for name in self.photos:
+                if stop.is_set():
+                    return
+                self.recolouring(model, name)
+
+
+# -------------------------------------------------------------------------------------------------- the study
+
+
+@dataclass(frozen=True)
+class Screen:
+    """What a participant sees next. ``kind``: "intro" (press start), "trial" (a pair to judge), "feedback"
+    (a practice answer explained) or "done". Nothing here tells which image is real until it has been answered."""
+
+    kind: str
+    participant_id: str | None = None
+    trial_id: str | None = None
+    left: Path | None = None
+    right: Path | None = None
+    progress: str = ""
+    message: str = ""
+
+
+class Study:
+    """Runs participants through the study: balanced pairs, blind images, every answer stored at once.
+
+    ``available``: the loaded models (name -> Colorizer). Raises ``StudySetupError`` when the study cannot run
+    (no model, unknown or unavailable models asked for, too few photos)."""
+
+    def __init__(self, settings: StudySettings, available: Mapping[str, Colorizer], serve_dir: Path | None = None):
+        self.settings = settings
+        self.models = study_models(settings, available)
+        self.stimuli = Stimuli(settings.photos_dir, {m: available[m] for m in self.models},
+                               Path(settings.data_dir) / "recolourings")
+        if len(self.stimuli.photos) < settings.photos_per_participant:
+            raise StudySetupError(photo_shortage(len(self.stimuli.photos), settings))
+        self.store = StudyStore(settings.database)
+        self.serve_dir = Path(serve_dir or tempfile.mkdtemp(prefix="study-"))
+        self.serve_dir.mkdir(parents=True, exist_ok=True)
+        self._served: dict[str, tuple[Path, Path]] = {}
+        self._served_lock = threading.Lock()
+
+    def warm_cache_in_background(self) -> threading.Thread:
+        """Compute the missing recolourings in a background thread, which stops when the interpreter exits."""
+        stop = threading.Event()
+        thread = threading.Thread(target=self.stimuli.warm, args=(self.models, stop), daemon=True,
+                                  name="study-recolourings")
+        thread.start()
+        atexit.register(lambda: (stop.set(), thread.join()))  # never kill it inside torch at exit
+        return thread
+
+    def start(self, participant_id: str | None) -> Screen:
+        """Continue the participant's study where they left off, or enrol a new participant."""
+        trials = self.store.trials(participant_id) if participant_id else []
+        if not trials:
+            participant_id = self.store.create_participant(
+                lambda number: assign_trials(list(self.stimuli.photos), self.models, self.settings, number),
+                self.stimuli.weights.__getitem__,
+            )
+            return self._next(participant_id, "")
+        answered = sum(t.answered for t in trials)
+        message = f"Welcome back: you have answered {answered} of {len(trials)} pairs." if answered else ""
+        return self._next(participant_id, message)
+
+    def answer(self, participant_id: str | None, trial_id: str | None, choice: str, confident: bool) -> Screen:
+        """Record the participant's pick (``choice``: the side they think is recoloured) for ``trial_id``."""
+        if choice not in SIDES:
+            raise ValueError(f"choice must be one of {SIDES}, got {choice!r}")
+        trials = {t.id: t for t in self.store.trials(participant_id)} if participant_id else {}
+        trial = trials.get(trial_id)
+        if trial is None:
+            return Screen("intro", message="This page has expired. Press the button to continue the study.")
+        correct = choice == trial.recoloured_side
+        try:
+            self.store.record_answer(trial, choice, confident, decision_case(correct, confident), time.time())
+        except AnswerRejected:
+            return self._next(participant_id, "That pair had already been answered; here is your current pair.")
+        if trial.phase == "practice":
+            real = "left" if trial.recoloured_side == "right" else "right"
+            verdict = "Right!" if correct else "Not this time."
+            return Screen("feedback", participant_id, message=(
+                f"{verdict} The **{trial.recoloured_side}** image was recoloured by a computer; the {real} one "
+                "is the real photo. Practice answers are not scored."))
+        return self._next(participant_id, "")
+
+    def resume(self, participant_id: str | None) -> Screen:
+        """The participant's current pair (after a practice answer's feedback)."""
+        if not participant_id or not self.store.trials(participant_id):
+            return Screen("intro", message="Press the button to start the study.")
+        return self._next(participant_id, "")
+
+    def _next(self, participant_id: str, message: str) -> Screen:
+        trials = self.store.trials(participant_id)
+        current = next((t for t in trials if not t.answered), None)
+        if current is None:
+            self._forget_served(participant_id)
+            return Screen("done", participant_id, message=message)
+        left, right = self._serve(current)
+        self.store.mark_shown(current.id, time.time())
+        return Screen("trial", participant_id, current.id, left, right, _progress(trials, current), message)
+
+    def _serve(self, trial: Trial) -> tuple[Path, Path]:
+        """Write the trial's pair for the browser (random names, identical encoding) and delete the
+        participant's previous pair."""
+        real = self.stimuli.photo(trial.photo)
+        fake = self.stimuli.recolouring(trial.model, trial.photo)
+        pair = (fake, real) if trial.recoloured_side == "left" else (real, fake)
+        paths = tuple(save_blind(image, self.serve_dir, self.settings.jpeg_quality) for image in pair)
+        self._forget_served(trial.participant_id, keep=paths)
+        return paths
+
+    def _forget_served(self, participant_id: str, keep: tuple[Path, Path] | None = None) -> None:
+        with self._served_lock:
+            old = self._served.pop(participant_id, ())
+            if keep:
+                self._served[participant_id] = keep
+        for path in old:
+            path.unlink(missing_ok=True)
+
+
+def _progress(trials: Sequence[Trial], current: Trial) -> str:
+    same_batch = [t for t in trials if t.phase == current.phase and t.batch == current.batch]
+    pair = f"pair {same_batch.index(current) + 1} of {len(same_batch)}"
+    if current.phase == "practice":
+        return f"Practice round (not scored), {pair}"
+    batches = max(t.batch for t in trials)
+    return f"Batch {current.batch} of {batches}, {pair}"
+
+
+def study_models(settings: StudySettings, available: Mapping[str, Colorizer]) -> list[str]:
+    """The models under test: the organiser's list (all must be loaded) or every loaded model."""
+    if not available:
+        raise StudySetupError(
+            "No trained model is available, so the study cannot run. Put trained weights in assets/weights "
+            "(or point COLORIZERS_WEIGHTS at a weights folder or Hub repo) and restart the app.")
+    if settings.models is None:
+        return list(available)
+    missing = [m for m in settings.models if m not in available]
+    if missing:
+        raise StudySetupError(
+            f"STUDY_MODELS asks for {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
+            f"loaded. Loaded models: {', '.join(available)}.")
+    return list(dict.fromkeys(settings.models))

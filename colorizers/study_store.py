@@ -1,0 +1,222 @@
+"""The realism study's SQLite store: participants, their planned trials (with the answer key) and every answer.
+
+Durability: the database runs in WAL mode with ``synchronous=FULL``, so every answer is fsynced to the WAL before
+``record_answer`` returns. With WAL, ``NORMAL`` would already survive a crash of the app; ``FULL`` also survives a
+power cut or an OS crash, and its one fsync per answer is nothing at the rate people answer. Each call opens its
+own connection, so the store is safe to use from the app's worker threads and a restarted app simply reopens it.
+
+Integrity: an answer is accepted only for the participant's current trial (the first one without an answer, checked
+inside a write transaction), and ``answers.trial_id`` is the primary key, so no trial is ever answered twice.
+"""
+from __future__ import annotations
+
+import csv
+import secrets
+import sqlite3
+import time
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator, Sequence, TextIO
+
+SIDES = ("left", "right")
+PHASES = ("practice", "scored")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS participants (
+    id          TEXT PRIMARY KEY,
+    number      INTEGER NOT NULL UNIQUE,   -- order of arrival, 0, 1, 2, ...: rotates the models' balance
+    created_at  REAL NOT NULL              -- Unix time
+);
+CREATE TABLE IF NOT EXISTS trials (
+    id               TEXT PRIMARY KEY,     -- random, generated here
+    participant_id   TEXT NOT NULL REFERENCES participants(id),
+    position         INTEGER NOT NULL,     -- 0, 1, ...: the order the participant sees the pairs in
+    phase            TEXT NOT NULL CHECK (phase IN ('practice', 'scored')),
+    batch            INTEGER NOT NULL,     -- 1-based; 0 for the practice round
+    photo            TEXT NOT NULL,
+    model            TEXT NOT NULL,
+    weights          TEXT NOT NULL,        -- identity of the model's weights
+    recoloured_side  TEXT NOT NULL CHECK (recoloured_side IN ('left', 'right')),
+    shown_at         REAL,                 -- Unix time the pair was last sent to the participant
+    UNIQUE (participant_id, position)
+);
+CREATE TABLE IF NOT EXISTS answers (
+    trial_id        TEXT PRIMARY KEY REFERENCES trials(id),   -- one answer per trial, ever
+    choice          TEXT NOT NULL CHECK (choice IN ('left', 'right')),   -- the side picked as recoloured
+    confident       INTEGER NOT NULL CHECK (confident IN (0, 1)),
+    correct         INTEGER NOT NULL CHECK (correct IN (0, 1)),
+    case_number     INTEGER NOT NULL CHECK (case_number BETWEEN 1 AND 4),
+    response_ms     INTEGER,
+    answered_at     REAL NOT NULL
+);
+"""
+
+
+class AnswerRejected(Exception):
+    """The answer is not for the participant's current trial (replayed, out of order, or already answered)."""
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One planned pair: which photo, which model's recolouring, and on which side the recolouring is shown."""
+
+    phase: str
+    batch: int
+    photo: str
+    model: str
+    recoloured_side: str
+
+
+@dataclass(frozen=True)
+class Trial:
+    id: str
+    participant_id: str
+    position: int
+    phase: str
+    batch: int
+    photo: str
+    model: str
+    weights: str
+    recoloured_side: str
+    answered: bool
+
+
+@dataclass(frozen=True)
+class AnswerRow:
+    """One given answer with its trial, as analysed and exported."""
+
+    participant_id: str
+    participant_number: int
+    trial_id: str
+    position: int
+    phase: str
+    batch: int
+    photo: str
+    model: str
+    weights: str
+    recoloured_side: str
+    choice: str
+    confident: bool
+    correct: bool
+    case_number: int
+    response_ms: int | None
+    shown_at: float | None
+    answered_at: float
+
+
+class StudyStore:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as con:
+            con.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the database file
+            con.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        con.row_factory = sqlite3.Row
+        con.execute("PRAGMA synchronous=FULL")
+        con.execute("PRAGMA foreign_keys=ON")
+        return con
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that holds the write lock from its start, so its reads cannot go stale."""
+        with closing(self._connect()) as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def create_participant(self, plan: Callable[[int], Sequence[TrialSpec]], weights: Callable[[str], str]) -> str:
+        """A new participant with the trials ``plan(number)`` returns for their arrival number; ``weights(model)``
+        names the weights each model's recolourings come from. Returns the participant's random id."""
+        participant_id = secrets.token_urlsafe(16)
+        with self._write() as con:
+            number = con.execute("SELECT COUNT(*) FROM participants").fetchone()[0]
+            con.execute("INSERT INTO participants (id, number, created_at) VALUES (?, ?, ?)",
+                        (participant_id, number, time.time()))
+            con.executemany(
+                "INSERT INTO trials (id, participant_id, position, phase, batch, photo, model, weights, "
+                "recoloured_side) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(secrets.token_urlsafe(16), participant_id, position, t.phase, t.batch, t.photo, t.model,
+                  weights(t.model), t.recoloured_side) for position, t in enumerate(plan(number))],
+            )
+        return participant_id
+
+    def trials(self, participant_id: str) -> list[Trial]:
+        """The participant's trials in order (empty for an unknown participant)."""
+        with closing(self._connect()) as con:
+            rows = con.execute(
+                "SELECT t.*, a.trial_id IS NOT NULL AS answered FROM trials t "
+                "LEFT JOIN answers a ON a.trial_id = t.id WHERE t.participant_id = ? ORDER BY t.position",
+                (participant_id,),
+            ).fetchall()
+        return [Trial(id=r["id"], participant_id=r["participant_id"], position=r["position"], phase=r["phase"],
+                      batch=r["batch"], photo=r["photo"], model=r["model"], weights=r["weights"],
+                      recoloured_side=r["recoloured_side"], answered=bool(r["answered"])) for r in rows]
+
+    def mark_shown(self, trial_id: str, at: float) -> None:
+        with self._write() as con:
+            con.execute("UPDATE trials SET shown_at = ? WHERE id = ?", (at, trial_id))
+
+    def record_answer(self, trial: Trial, choice: str, confident: bool, case_number: int, at: float) -> None:
+        """Store the answer to ``trial``; raises ``AnswerRejected`` unless it is the participant's current trial."""
+        with self._write() as con:
+            current = con.execute(
+                "SELECT t.id, t.shown_at FROM trials t LEFT JOIN answers a ON a.trial_id = t.id "
+                "WHERE t.participant_id = ? AND a.trial_id IS NULL ORDER BY t.position LIMIT 1",
+                (trial.participant_id,),
+            ).fetchone()
+            if current is None or current["id"] != trial.id:
+                raise AnswerRejected(f"trial {trial.id} is not the current trial of its participant")
+            shown_at = current["shown_at"]
+            response_ms = None if shown_at is None else round((at - shown_at) * 1000)
+            try:
+                con.execute(
+                    "INSERT INTO answers (trial_id, choice, confident, correct, case_number, response_ms, "
+                    "answered_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (trial.id, choice, int(confident), int(choice == trial.recoloured_side), case_number,
+                     response_ms, at),
+                )
+            except sqlite3.IntegrityError as err:
+                raise AnswerRejected(f"trial {trial.id} has already been answered") from err
+
+    def answers(self, phase: str | None = "scored") -> list[AnswerRow]:
+        """Every given answer (of one phase, or of all with ``phase=None``), in the order they were given."""
+        where, args = ("WHERE t.phase = ?", (phase,)) if phase else ("", ())
+        with closing(self._connect()) as con:
+            rows = con.execute(
+                "SELECT p.id AS participant_id, p.number AS participant_number, t.id AS trial_id, t.position, "
+                "t.phase, t.batch, t.photo, t.model, t.weights, t.recoloured_side, a.choice, a.confident, "
+                "a.correct, a.case_number, a.response_ms, t.shown_at, a.answered_at "
+                "FROM answers a JOIN trials t ON t.id = a.trial_id JOIN participants p ON p.id = t.participant_id "
+                f"{where} ORDER BY a.answered_at, t.participant_id, t.position",
+                args,
+            ).fetchall()
+        return [AnswerRow(**{**dict(r), "confident": bool(r["confident"]), "correct": bool(r["correct"])})
+                for r in rows]
+
+    def write_csv(self, out: TextIO) -> int:
+        """Every raw answer, practice included, as CSV with ISO 8601 UTC timestamps; returns the row count."""
+        rows = self.answers(phase=None)
+        fields = list(AnswerRow.__dataclass_fields__)
+        writer = csv.DictWriter(out, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            record = {name: getattr(row, name) for name in fields}
+            record["shown_at"] = _iso(row.shown_at)
+            record["answered_at"] = _iso(row.answered_at)
+            writer.writerow(record)
+        return len(rows)
+
+
+def _iso(unix_time: float | None) -> str:
+    if unix_time is None:
+        return ""
+    return datetime.fromtimestamp(unix_time, timezone.utc).isoformat(timespec="milliseconds")
