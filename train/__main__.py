@@ -1,0 +1,105 @@
+"""``python -m train NETWORK --data PATH [--data PATH ...] --out ROOT [options]``
+
+Examples::
+
+    # the CNN baseline on colorize256's training split, 100 epochs (the recipe's), on the GPU
+    python -m train cnn --data /work/shared/data/colorize256/manifest.csv --out weights --device cuda
+    # ParaColorizer foreground: crops first, then training on images + crops, validating on the val split
+    python -m train.proposals --data /work/shared/data/colorize256/manifest.csv --kind object,mixed --out runs/proposals.npz
+    python -m train paracolorizer_fg --data .../manifest.csv --proposals runs/proposals.npz --out weights \\
+        --val-data .../manifest.csv --compile
+    # a quick small run on a folder of photos, then more steps
+    python -m train attention_ugan --data photos/ --out runs/small --steps 200 --config base_width=8
+    python -m train attention_ugan --data photos/ --out runs/small --steps 400 --resume
+    # DTU's "pretrained Attention UGAN": fine-tune the generator of an earlier run, no pre-training phase
+    python -m train attention_ugan --data .../manifest.csv --out runs/finetune --init weights --epochs 20
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from colorizers import NETWORK_NAMES
+
+from .engine import TrainingConfig, train
+
+
+def key_value(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE read as JSON when it parses (numbers, lists, true/false), else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def comma_list(text: str) -> list[str]:
+    return [item for item in text.split(",") if item]
+
+
+def parse_args(argv: list[str] | None = None) -> TrainingConfig:
+    p = argparse.ArgumentParser(prog="python -m train", description="Train one colorization network.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("network", choices=NETWORK_NAMES)
+    p.add_argument("--data", action="append", required=True, metavar="PATH",
+                   help="image folder, tar shard or colorize256 manifest.csv (repeatable)")
+    p.add_argument("--out", required=True, metavar="ROOT", help="weights root; the run writes ROOT/NETWORK/")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="optimisation steps in all (default: the recipe's epochs)")
+    length.add_argument("--epochs", type=float, help="passes over the training images")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--resume", action="store_true", help="continue from ROOT/NETWORK/checkpoint.pt")
+    p.add_argument("--init", metavar="ROOT", help="start from the trained ROOT/NETWORK (skips GAN pre-training)")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--split", default="train", help="manifest split to train on")
+    g.add_argument("--kind", dest="kinds", type=comma_list, help="manifest kinds, e.g. object,mixed (default: the recipe's)")
+    g.add_argument("--max-images", type=int)
+    g.add_argument("--val-data", action="append", default=[], metavar="PATH",
+                   help="held-out images (a manifest's val split) for validation losses")
+    g.add_argument("--max-val-images", type=int, default=512)
+    g.add_argument("--proposals", metavar="FILE", help="object-proposal crops (.npz of train.proposals), paracolorizer_fg")
+    g.add_argument("--min-class-examples", type=int, help="cnn_classifier: rarer classes are ignored (recipe: 30)")
+    g.add_argument("--threads", dest="num_threads", type=int, default=os.cpu_count() or 1,
+                   help="image decoding threads")
+
+    g = p.add_argument_group("model and optimisation")
+    g.add_argument("--config", dest="model_config", action="append", type=key_value, default=[], metavar="KEY=VALUE",
+                   help="network config override, e.g. width=16 (repeatable)")
+    g.add_argument("--d-config", dest="discriminator_config", action="append", type=key_value, default=[],
+                   metavar="KEY=VALUE", help="PatchDiscriminator config override, e.g. ndf=32")
+    g.add_argument("--batch-size", type=int, help="default: the recipe's")
+    g.add_argument("--size", dest="image_size", type=int, help="training image size (default: the network's native size)")
+    g.add_argument("--lr", type=float, help="generator learning rate of every phase (default: the recipe's)")
+    g.add_argument("--d-lr", dest="discriminator_lr", type=float, help="discriminator learning rate")
+    g.add_argument("--loss-weight", dest="loss_weights", action="append", type=key_value, default=[],
+                   metavar="TERM=WEIGHT", help="override a loss term's weight, e.g. ssim=10")
+    g.add_argument("--pretrain-share", type=float, help="share of the steps that pre-train a GAN's generator")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    g.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
+    g.add_argument("--log-every", type=int, default=10)
+    g.add_argument("--checkpoint-every", type=int, default=1000)
+    g.add_argument("--val-every", type=int, help="default: every checkpoint")
+
+    args = vars(p.parse_args(argv))
+    for name in ("model_config", "discriminator_config", "loss_weights"):
+        args[name] = dict(args[name])
+    return TrainingConfig(**args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_args(argv)
+    try:
+        out_dir = train(config)
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f"error: {err}")
+    print(f"wrote {out_dir}")
+
+
+if __name__ == "__main__":
+    main()

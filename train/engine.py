@@ -1,0 +1,600 @@
+"""The one training loop every network shares (after nanoGPT's ``train.py`` and pix2pix's ``Pix2PixModel``).
+
+Read top to bottom: the run's configuration (plain data), the images in memory, the model, the step (plain
+and adversarial), and ``train``, which strings them together with logging, checkpoints and the export.
+
+On CUDA the step runs under bf16 autocast with channels-last tensors (optionally ``torch.compile``d), and the
+decoded uint8 images sit on the GPU when they fit in half its free memory (else in pinned host memory), so a
+batch is an index, a flip and a colour conversion on the device: the GPU never waits on a loader.
+
+Output, under ``OUT/NETWORK/``: ``config.json`` + ``model.safetensors`` (``save_pretrained``, what
+``colorizers.load_colorizer`` reads), ``training_config.json`` (this run's configuration and recipe),
+``losses.csv`` and ``curves.png`` (generator terms; discriminator real/fake losses, as DTU Fig. 8 and 9),
+and ``checkpoint.pt`` (generator, discriminator, optimizers, step, sampler: what ``--resume`` needs; not
+part of what ships).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+import colorizers
+from colorizers.color import lab_to_rgb, normalize_ab, normalize_l, rgb_to_lab, unnormalize_ab, unnormalize_l
+from colorizers.networks import PatchDiscriminator
+
+from .data import ImageSet, read_images
+from .losses import IGNORE_LABEL, EdgeLoss, GANLoss, SSIMLoss, l1_loss, masked_cross_entropy, mse_loss
+from .recipes import Adam, Phase, Recipe, get_recipe
+
+CHECKPOINT = "checkpoint.pt"
+LOSSES_CSV = "losses.csv"
+CURVES_PNG = "curves.png"
+TRAINING_CONFIG = "training_config.json"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Configuration: everything a run needs, as plain data (saved next to the weights)
+
+@dataclass
+class TrainingConfig:
+    network: str
+    data: list[str]
+    out: str
+    steps: int | None = None          # total optimisation steps; else ``epochs``; else the recipe's epochs
+    epochs: float | None = None
+    batch_size: int | None = None     # default: the recipe's
+    image_size: int | None = None     # training resolution; default: the recipe's (the network's native size)
+    lr: float | None = None           # overrides the generator learning rate of every phase
+    discriminator_lr: float | None = None
+    loss_weights: dict[str, float] = field(default_factory=dict)  # e.g. {"ssim": 10}: overrides a term's weight
+    pretrain_share: float | None = None  # share of steps spent pre-training a GAN's generator
+    model_config: dict = field(default_factory=dict)          # build_model overrides, e.g. {"width": 16}
+    discriminator_config: dict = field(default_factory=dict)  # PatchDiscriminator overrides, e.g. {"ndf": 16}
+    split: str | None = "train"       # manifest rows of the training data
+    kinds: list[str] | None = None    # default: the recipe's
+    max_images: int | None = None
+    val_data: list[str] = field(default_factory=list)  # manifests: their "val" split
+    max_val_images: int | None = 512
+    val_every: int | None = None      # default: every checkpoint
+    proposals: str | None = None      # paracolorizer_fg: the .npz of ``python -m train.proposals``
+    min_class_examples: int | None = None  # cnn_classifier; default: the recipe's
+    init: str | None = None           # weights root whose NETWORK is the starting generator (skips pre-training)
+    resume: bool = False
+    seed: int = 0
+    device: str = "auto"              # "auto": cuda when available
+    compile: bool = False
+    amp: bool = True                  # bf16 autocast on CUDA
+    log_every: int = 10
+    checkpoint_every: int = 1000
+    num_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+
+def resolve_recipe(config: TrainingConfig) -> Recipe:
+    """The network's recipe with this run's overrides applied."""
+    recipe = get_recipe(config.network)
+    unknown = sorted(set(config.loss_weights) - set(recipe.loss_terms))
+    if unknown:
+        raise ValueError(f"{config.network} has no loss term(s) {', '.join(unknown)}; "
+                         f"its terms are {', '.join(recipe.loss_terms)}")
+    phases = []
+    for phase in recipe.phases:
+        losses = {term: config.loss_weights.get(term, w) for term, w in phase.losses.items()}
+        optimizer = dataclasses.replace(phase.optimizer, lr=config.lr or phase.optimizer.lr)
+        d_optimizer = phase.discriminator_optimizer
+        if d_optimizer is not None and config.discriminator_lr:
+            d_optimizer = dataclasses.replace(d_optimizer, lr=config.discriminator_lr)
+        share = phase.share
+        if config.pretrain_share is not None and len(recipe.phases) > 1:
+            share = config.pretrain_share if phase.name == "pretrain" else 1.0 - config.pretrain_share
+        phases.append(dataclasses.replace(phase, losses=losses, optimizer=optimizer,
+                                          discriminator_optimizer=d_optimizer, share=share))
+    return dataclasses.replace(
+        recipe, phases=tuple(p for p in phases if p.share > 0),
+        batch_size=config.batch_size or recipe.batch_size, image_size=config.image_size or recipe.image_size,
+        min_class_examples=config.min_class_examples or recipe.min_class_examples,
+    )
+
+
+def phase_schedule(phases: tuple[Phase, ...], total_steps: int) -> list[tuple[Phase, int, int]]:
+    """(phase, first step, end step) for each phase, the steps split by the phases' shares."""
+    total_share = sum(p.share for p in phases)
+    schedule, begin, cumulative = [], 0, 0.0
+    for phase in phases:
+        cumulative += phase.share
+        end = round(total_steps * cumulative / total_share)
+        schedule.append((phase, begin, end))
+        begin = end
+    return schedule
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    return device
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Images in memory
+
+def load_training_images(config: TrainingConfig, recipe: Recipe) -> ImageSet:
+    """The training images at the recipe's size, plus object-proposal crops for ``paracolorizer_fg``."""
+    kinds = config.kinds if config.kinds is not None else list(recipe.kinds)
+    images = read_images(config.data, split=config.split, kinds=kinds, size=recipe.image_size,
+                         max_images=config.max_images, num_threads=config.num_threads)
+    if config.proposals:
+        if not recipe.uses_proposals:
+            raise ValueError(f"--proposals is for paracolorizer_fg; {config.network} does not train on crops")
+        from .proposals import read_proposal_crops
+        images = ImageSet.concat([images, read_proposal_crops(config.proposals, recipe.image_size)])
+    elif recipe.uses_proposals:
+        tqdm.write(f"note: no --proposals given; {config.network} trains on full images only "
+                   "(make crops with `python -m train.proposals`)")
+    return images
+
+
+def frequent_classes(labels: list[str | None], min_examples: int) -> list[str]:
+    """The class names with at least ``min_examples`` images, sorted."""
+    counts: dict[str, int] = {}
+    for label in labels:
+        if label is not None:
+            counts[label] = counts.get(label, 0) + 1
+    return sorted(name for name, n in counts.items() if n >= min_examples)
+
+
+def class_indices(labels: list[str | None], class_names: list[str] | None) -> torch.Tensor:
+    """Class index per image; ``IGNORE_LABEL`` for unknown or rare classes (and for every image of a network
+    without a classifier)."""
+    index = {name: i for i, name in enumerate(class_names or [])}
+    return torch.tensor([index.get(label, IGNORE_LABEL) for label in labels], dtype=torch.long)
+
+
+def place_on_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The uint8 images on the GPU when they take at most half its free memory; else pinned host memory."""
+    if device.type != "cuda":
+        return images
+    free, _ = torch.cuda.mem_get_info(device)
+    if images.numel() * images.element_size() <= free // 2:
+        return images.to(device)
+    return images.pin_memory()
+
+
+class InMemoryBatches:
+    """Shuffled mini-batches (epoch by epoch, last partial batch dropped) with random horizontal flips, as
+    float RGB in [0, 1] on the device. The sampler's state is part of the checkpoint."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device, seed: int):
+        self.images = place_on_device(images, device)
+        self.labels = labels.to(self.images.device)
+        self.device = device
+        self.batch_size = min(batch_size, len(images))
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order = torch.randperm(len(images), generator=self.generator)
+        self.position = 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.position + self.batch_size > len(self.order):
+            self.order = torch.randperm(len(self.images), generator=self.generator)
+            self.position = 0
+        index = self.order[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        flip = torch.rand(len(index), generator=self.generator) < 0.5
+        index, flip = index.to(self.images.device), flip.to(self.device)
+        rgb = self.images[index].to(self.device, non_blocking=True)
+        rgb = torch.where(flip[:, None, None, None], rgb.flip(-1), rgb).float().div_(255.0)
+        return rgb, self.labels[index].to(self.device, non_blocking=True)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.order, self.position = state["order"], state["position"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The model
+
+def model_config_of(model: nn.Module) -> dict:
+    """The init kwargs the Hub mixin recorded (what config.json will hold)."""
+    return dict(model._hub_mixin_config)
+
+
+def build_generator(config: TrainingConfig, recipe: Recipe, images: ImageSet, checkpoint: dict | None) -> nn.Module:
+    """The generator to train: from the checkpoint (``--resume``), from ``--init`` weights, or new.
+
+    A new ``cnn_classifier`` learns the classes with at least ``min_class_examples`` training images; their
+    names go into its config, so the exported model knows what its logits mean.
+    """
+    if checkpoint is not None:
+        model = colorizers.build_model(config.network, **checkpoint["model_config"])
+        model.load_state_dict(checkpoint["generator"])
+        return model
+    if config.init:
+        if config.model_config:
+            raise ValueError("--config cannot change the architecture of an --init model; drop one of them")
+        return colorizers.load_network(config.network, config.init).train()
+    model_config = dict(config.model_config)
+    if recipe.min_class_examples is not None:
+        classes = frequent_classes(images.labels, recipe.min_class_examples)
+        if not classes:
+            raise ValueError(
+                f"{config.network} needs labelled images: no class has {recipe.min_class_examples} or more "
+                "training images (labels come from a colorize256 manifest; see --min-class-examples)")
+        model_config.update(num_classes=len(classes), class_names=classes)
+    return colorizers.build_model(config.network, **model_config)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The step
+
+@dataclass
+class Batch:
+    """One batch in the forms the losses need."""
+
+    rgb: torch.Tensor                  # (B, 3, H, W) in [0, 1]
+    labels: torch.Tensor               # (B,) class index or IGNORE_LABEL
+    l_norm: torch.Tensor | None = None   # colorizers: normalised L and ab
+    ab_norm: torch.Tensor | None = None
+
+
+@dataclass
+class Prediction:
+    ab_norm: torch.Tensor | None = None   # colorizers
+    logits: torch.Tensor | None = None    # cnn_classifier
+    rgb: torch.Tensor | None = None       # DenseFuse reconstruction
+
+
+class Trainer:
+    """Generator (and discriminator) with their optimizers, and one optimisation step for any recipe phase."""
+
+    def __init__(self, recipe: Recipe, generator: nn.Module, device: torch.device, *,
+                 discriminator: nn.Module | None = None, amp: bool = True, compile: bool = False):
+        self.recipe = recipe
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.memory_format = torch.channels_last if self.cuda else torch.contiguous_format
+        self.generator = generator.to(device, memory_format=self.memory_format).train()
+        self.discriminator = None
+        if discriminator is not None:
+            self.discriminator = discriminator.to(device, memory_format=self.memory_format).train()
+        self.run_generator = torch.compile(self.generator) if compile else self.generator
+        self.run_discriminator = (torch.compile(self.discriminator) if compile and discriminator is not None
+                                  else self.discriminator)
+        self.autocast_dtype = torch.bfloat16 if self.cuda and amp else None
+        self.gan_loss = GANLoss(recipe.gan_mode) if recipe.gan_mode else None
+        self.edge_loss = EdgeLoss()
+        self.ssim_loss = SSIMLoss()
+        self.phase: Phase | None = None
+        self.generator_optimizer: torch.optim.Optimizer | None = None
+        self.discriminator_optimizer: torch.optim.Optimizer | None = None
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def start_phase(self, phase: Phase) -> None:
+        """Fresh optimizers for the phase (pre-training and adversarial training use different ones)."""
+        self.phase = phase
+        self.generator_optimizer = make_adam(self.generator, phase.optimizer)
+        self.discriminator_optimizer = None
+        if phase.adversarial:
+            if self.discriminator is None:
+                raise ValueError(f"phase {phase.name!r} is adversarial but the trainer has no discriminator")
+            self.discriminator_optimizer = make_adam(self.discriminator, phase.discriminator_optimizer)
+
+    def prepare(self, rgb: torch.Tensor, labels: torch.Tensor) -> Batch:
+        rgb = rgb.contiguous(memory_format=self.memory_format)
+        if self.recipe.input == "rgb":
+            return Batch(rgb, labels)
+        lab = rgb_to_lab(rgb)
+        return Batch(rgb, labels, normalize_l(lab[:, :1]), normalize_ab(lab[:, 1:]))
+
+    def predict(self, batch: Batch) -> Prediction:
+        with self.autocast():
+            if self.recipe.input == "rgb":
+                return Prediction(rgb=self.run_generator(batch.rgb))
+            out = self.run_generator(batch.l_norm)
+        if isinstance(out, tuple):
+            return Prediction(ab_norm=out[0], logits=out[1])
+        return Prediction(ab_norm=out)
+
+    def critic(self, l_norm: torch.Tensor, ab_norm: torch.Tensor) -> torch.Tensor:
+        """PatchGAN logits for the (L, ab) pair (conditional GAN: D sees the input L with the colours)."""
+        with self.autocast():
+            return self.run_discriminator(torch.cat([l_norm, ab_norm.to(l_norm.dtype)], dim=1))
+
+    def predicted_rgb(self, batch: Batch, prediction: Prediction) -> torch.Tensor:
+        l = unnormalize_l(batch.l_norm)
+        return lab_to_rgb(torch.cat([l, unnormalize_ab(prediction.ab_norm.float())], dim=1))
+
+    def loss_term(self, term: str, batch: Batch, prediction: Prediction) -> torch.Tensor:
+        """One generator loss term of the recipe (see ``recipes.py`` for the names)."""
+        if term == "l1":
+            return l1_loss(prediction.ab_norm, batch.ab_norm)
+        if term == "ce":
+            return masked_cross_entropy(prediction.logits, batch.labels)
+        if term == "gan":
+            return self.gan_loss(self.critic(batch.l_norm, prediction.ab_norm), True)
+        if term == "edge":
+            return self.edge_loss(self.predicted_rgb(batch, prediction), batch.rgb)
+        if term == "mse":
+            return mse_loss(prediction.rgb, batch.rgb)
+        if term == "ssim":
+            return self.ssim_loss(prediction.rgb, batch.rgb)
+        raise ValueError(f"unknown loss term {term!r}")
+
+    def discriminator_step(self, batch: Batch, prediction: Prediction) -> dict[str, torch.Tensor]:
+        """pix2pix's ``backward_D``: real pairs towards "real", generated pairs (detached) towards "fake"."""
+        real = self.gan_loss(self.critic(batch.l_norm, batch.ab_norm), True)
+        fake = self.gan_loss(self.critic(batch.l_norm, prediction.ab_norm.detach()), False)
+        self.discriminator_optimizer.zero_grad(set_to_none=True)
+        (0.5 * (real + fake)).backward()
+        self.discriminator_optimizer.step()
+        return {"d_real": real.detach(), "d_fake": fake.detach()}
+
+    def step(self, rgb: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimisation step of the current phase; returns the (detached, unweighted) loss terms."""
+        batch = self.prepare(rgb, labels)
+        prediction = self.predict(batch)
+        logs: dict[str, torch.Tensor] = {}
+        if self.phase.adversarial:
+            logs.update(self.discriminator_step(batch, prediction))
+            self.discriminator.requires_grad_(False)  # the generator's step must not train D
+        terms = {term: self.loss_term(term, batch, prediction) for term in self.phase.losses}
+        total = sum(self.phase.losses[term] * value for term, value in terms.items())
+        self.generator_optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.generator_optimizer.step()
+        if self.phase.adversarial:
+            self.discriminator.requires_grad_(True)
+        logs.update({f"g_{term}": value.detach() for term, value in terms.items()})
+        logs["g_total"] = total.detach()
+        return logs
+
+    @torch.no_grad()
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> dict[str, float]:
+        """Mean non-adversarial loss terms of the recipe over held-out images, in eval mode."""
+        terms = [t for t in self.recipe.loss_terms if t != "gan"]
+        sums = dict.fromkeys(terms, 0.0)
+        self.generator.eval()
+        for start in range(0, len(images), batch_size):
+            rgb = images[start:start + batch_size].to(self.device).float() / 255.0
+            batch = self.prepare(rgb, labels[start:start + batch_size].to(self.device))
+            prediction = self.predict(batch)
+            for term in terms:
+                sums[term] += float(self.loss_term(term, batch, prediction)) * len(rgb)
+        self.generator.train()
+        return {f"val_{term}": total / len(images) for term, total in sums.items()}
+
+    def state_dict(self) -> dict:
+        state = {"generator": self.generator.state_dict(), "phase": self.phase.name,
+                 "generator_optimizer": self.generator_optimizer.state_dict()}
+        if self.discriminator is not None:
+            state["discriminator"] = self.discriminator.state_dict()
+        if self.discriminator_optimizer is not None:
+            state["discriminator_optimizer"] = self.discriminator_optimizer.state_dict()
+        return state
+
+    def load_optimizer_states(self, state: dict) -> None:
+        """Optimizer moments from a checkpoint taken in the current phase."""
+        self.generator_optimizer.load_state_dict(state["generator_optimizer"])
+        if self.discriminator_optimizer is not None:
+            self.discriminator_optimizer.load_state_dict(state["discriminator_optimizer"])
+
+
+def make_adam(model: nn.Module, settings: Adam) -> torch.optim.Optimizer:
+    fused = next(model.parameters()).is_cuda  # the fused CUDA kernel: one launch for all parameters
+    return torch.optim.Adam(model.parameters(), lr=settings.lr, betas=settings.betas, fused=fused)
+
+
+def discriminator_config(recipe: Recipe, config: TrainingConfig, checkpoint: dict | None) -> dict | None:
+    """The PatchGAN's config for an adversarial recipe (the checkpoint's on resume); ``None`` otherwise."""
+    if not recipe.adversarial:
+        return None
+    if checkpoint is not None:
+        return checkpoint["discriminator_config"]
+    return {**recipe.discriminator, **config.discriminator_config}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Logging: a CSV of losses and the training curves
+
+class LossLog:
+    """``losses.csv``: one row per logged step (the mean of the terms since the last row), validation rows
+    in the same table. On resume the rows after the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, columns: list[str], keep_until: int | None = None):
+        self.path = path
+        self.columns = ["step", "phase", *columns]
+        rows = []
+        if keep_until is not None and path.exists():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, self.columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def append(self, step: int, phase: str, values: dict[str, float]) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.columns, extrasaction="ignore").writerow({"step": step, "phase": phase, **values})
+
+
+class RunningMean:
+    """Sums of the step losses on the device; one host sync per logged row, not per step."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0) + value.float()
+        self.count += 1
+
+    def pop(self) -> dict[str, float]:
+        means = {key: float(total) / self.count for key, total in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return means
+
+
+def read_loss_log(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_curves(csv_path: Path, png_path: Path, title: str) -> None:
+    """Training curves: generator loss terms (DTU Fig. 8), discriminator real/fake losses (Fig. 9), and
+    validation terms, each against the step."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_loss_log(csv_path)
+    columns = list(rows[0]) if rows else []
+    panels = [("generator", [c for c in columns if c.startswith("g_")]),
+              ("discriminator", [c for c in columns if c.startswith("d_")]),
+              ("validation", [c for c in columns if c.startswith("val_")])]
+    panels = [(name, cols) for name, cols in panels if any(r[c] for r in rows for c in cols)]
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5.5 * max(len(panels), 1), 4), squeeze=False)
+    for ax, (name, cols) in zip(axes[0], panels):
+        for col in cols:
+            points = [(int(r["step"]), float(r[col])) for r in rows if r[col]]
+            ax.plot(*zip(*points), label=col, marker="." if len(points) < 30 else None)
+        if all(float(r[c]) > 0 for r in rows for c in cols if r[c]):
+            ax.set_yscale("log")
+        ax.set(title=f"{title}: {name} losses", xlabel="step", ylabel="loss")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The run
+
+def save_checkpoint(path: Path, trainer: Trainer, batches: InMemoryBatches, step: int, config: TrainingConfig,
+                    d_config: dict | None) -> None:
+    state = {**trainer.state_dict(), "step": step, "batches": batches.state_dict(),
+             "model_config": model_config_of(trainer.generator), "discriminator_config": d_config,
+             "config": dataclasses.asdict(config), "torch_rng": torch.get_rng_state()}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a run killed while saving keeps its previous checkpoint
+
+
+def load_checkpoint(out_dir: Path) -> dict:
+    path = out_dir / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}; start the run without --resume")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def total_steps(config: TrainingConfig, recipe: Recipe, num_images: int) -> int:
+    if config.steps is not None:
+        return config.steps
+    epochs = config.epochs if config.epochs is not None else recipe.epochs
+    return math.ceil(epochs * num_images / min(recipe.batch_size, num_images))
+
+
+def export(trainer: Trainer, out_dir: Path) -> None:
+    """The generator as ``colorizers`` loads it: config.json + model.safetensors."""
+    trainer.generator.save_pretrained(out_dir)
+
+
+def train(config: TrainingConfig) -> Path:
+    """Run (or resume) a training run; returns ``OUT/NETWORK``."""
+    recipe = resolve_recipe(config)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    out_dir = Path(config.out) / config.network
+    checkpoint = load_checkpoint(out_dir) if config.resume else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    images = load_training_images(config, recipe)
+    generator = build_generator(config, recipe, images, checkpoint)
+    class_names = model_config_of(generator).get("class_names")
+    d_config = discriminator_config(recipe, config, checkpoint)
+    discriminator = PatchDiscriminator(**d_config) if d_config is not None else None
+    if checkpoint is not None and discriminator is not None:
+        discriminator.load_state_dict(checkpoint["discriminator"])
+    trainer = Trainer(recipe, generator, device, discriminator=discriminator, amp=config.amp, compile=config.compile)
+    batches = InMemoryBatches(images.images, class_indices(images.labels, class_names), recipe.batch_size,
+                              device, config.seed)
+    validation = None
+    if config.val_data:
+        val_set = read_images(config.val_data, split="val", size=recipe.image_size,
+                              max_images=config.max_val_images, num_threads=config.num_threads)
+        validation = (val_set.images, class_indices(val_set.labels, class_names))
+
+    phases = tuple(p for p in recipe.phases if not (config.init and p.name == "pretrain"))  # DTU 3.3.3
+    steps = total_steps(config, recipe, len(batches))
+    if steps < 1:
+        raise ValueError(f"a run needs at least one step, got {steps}")
+    start = 0
+    if checkpoint is not None:
+        start = checkpoint["step"]
+        batches.load_state_dict(checkpoint["batches"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+
+    (out_dir / TRAINING_CONFIG).write_text(json.dumps({
+        "config": dataclasses.asdict(config), "recipe": dataclasses.asdict(recipe),
+        "model_config": model_config_of(generator), "num_images": len(batches), "total_steps": steps,
+        "resumed_from_step": start, "device": str(device),
+    }, indent=2, default=str))
+    columns = [f"g_{t}" for t in recipe.loss_terms] + ["g_total"]
+    if recipe.adversarial:
+        columns += ["d_real", "d_fake"]
+    if validation is not None:
+        columns += [f"val_{t}" for t in recipe.loss_terms if t != "gan"]
+    log = LossLog(out_dir / LOSSES_CSV, columns, keep_until=start if checkpoint is not None else None)
+    val_every = config.val_every or config.checkpoint_every
+
+    progress = tqdm(total=steps, initial=min(start, steps), desc=config.network, unit="step", dynamic_ncols=True)
+    step = start
+    for phase, begin, end in phase_schedule(phases, steps):
+        if end <= step:
+            continue
+        trainer.start_phase(phase)
+        if checkpoint is not None and checkpoint["phase"] == phase.name and begin <= start:
+            trainer.load_optimizer_states(checkpoint)
+        mean = RunningMean()
+        while step < end:
+            mean.add(trainer.step(*batches.next()))
+            step += 1
+            progress.update(1)
+            if step % config.log_every == 0 or step == end:
+                values = mean.pop()
+                log.append(step, phase.name, values)
+                progress.set_postfix(phase=phase.name, loss=f"{values['g_total']:.4f}")
+            if validation is not None and step % val_every == 0:
+                log.append(step, "val", trainer.evaluate(*validation, recipe.batch_size))
+            if step % config.checkpoint_every == 0 and step < steps:
+                save_checkpoint(out_dir / CHECKPOINT, trainer, batches, step, config, d_config)
+                export(trainer, out_dir)
+    progress.close()
+    if step > start or checkpoint is None:
+        if validation is not None and step % val_every != 0:
+            log.append(step, "val", trainer.evaluate(*validation, recipe.batch_size))
+        save_checkpoint(out_dir / CHECKPOINT, trainer, batches, step, config, d_config)
+    export(trainer, out_dir)
+    plot_curves(out_dir / LOSSES_CSV, out_dir / CURVES_PNG, config.network)
+    return out_dir

@@ -1,0 +1,126 @@
+"""The training objectives of the six networks.
+
+- ``l1_loss`` / ``masked_cross_entropy``: DTU equations 1 and 2-3, pix2pix's L1 term, ParaColorizer's L_L1.
+- ``GANLoss``: the conditional GAN objective, vanilla (BCE, DTU eq. 6 and ParaColorizer eq. 1) or
+  least-squares (LSGAN, Mao et al., ParaColorizer III-A "for stable learning").
+- ``EdgeLoss``: ParaColorizer's edge-map loss L_EDGE (III-A), made differentiable.
+- ``SSIMLoss``: DenseFuse's structural term, 1 - SSIM (ParaColorizer III-C).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IGNORE_LABEL = -100  # class index of images whose label is unknown or too rare to learn (no CE term)
+
+
+def l1_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error, computed in float32 whatever the autocast dtype of ``prediction``."""
+    return F.l1_loss(prediction.float(), target.float())
+
+
+def mse_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(prediction.float(), target.float())
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the images with a known class (label != ``IGNORE_LABEL``); 0 when there is none.
+
+    ``F.cross_entropy`` with ``ignore_index`` returns NaN for a batch with no labelled image, which a training
+    set mixing labelled and unlabelled images meets often; here such a batch contributes nothing.
+    """
+    known = labels != IGNORE_LABEL
+    total = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_LABEL, reduction="sum")
+    return total / known.sum().clamp_min(1)
+
+
+class GANLoss(nn.Module):
+    """The GAN objective on discriminator logits against a constant real/fake target (pix2pix's ``GANLoss``).
+
+    - ``vanilla``: binary cross-entropy on the logits, i.e. -log D(x, y) for real and -log(1 - D(x, G(x)))
+      for fake (DTU eq. 6); the generator uses the non-saturating form, target "real" on its fakes.
+    - ``lsgan``: mean squared error of the logits against 1 (real) or 0 (fake) (Mao et al. 2017).
+    """
+
+    MODES = ("vanilla", "lsgan")
+
+    def __init__(self, mode: str = "vanilla", real_label: float = 1.0, fake_label: float = 0.0):
+        super().__init__()
+        if mode not in self.MODES:
+            raise ValueError(f"unknown GAN mode {mode!r}; choose one of {', '.join(self.MODES)}")
+        self.mode = mode
+        self.real_label = real_label
+        self.fake_label = fake_label
+
+    def forward(self, logits: torch.Tensor, target_is_real: bool) -> torch.Tensor:
+        logits = logits.float()
+        target = torch.full_like(logits, self.real_label if target_is_real else self.fake_label)
+        if self.mode == "vanilla":
+            return F.binary_cross_entropy_with_logits(logits, target)
+        return F.mse_loss(logits, target)
+
+
+def sobel_magnitude(image: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-channel Sobel gradient magnitude sqrt(gx^2 + gy^2 + eps) of (B, C, H, W), replicate-padded."""
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=image.device) / 8.0
+    kernels = torch.stack([kx, kx.T])[:, None]  # (2, 1, 3, 3): d/dx, d/dy
+    b, c, h, w = image.shape
+    flat = F.pad(image.float().reshape(b * c, 1, h, w), (1, 1, 1, 1), mode="replicate")
+    gx, gy = F.conv2d(flat, kernels).unbind(1)
+    return torch.sqrt(gx * gx + gy * gy + eps).reshape(b, c, h, w)
+
+
+class EdgeLoss(nn.Module):
+    """ParaColorizer's edge-map loss L_EDGE = E ||C(y) - C(G(x))|| (III-A), with a differentiable edge map.
+
+    The paper's C is the Canny detector with Otsu thresholds. Canny's output is a binary map produced by
+    non-maximum suppression and hysteresis thresholding: piecewise constant in the image, so its gradient with
+    respect to the generator's colours is zero almost everywhere, and a loss built on it cannot train the
+    generator. We keep what Canny starts from, the Sobel gradient magnitude, without the thresholds: the mean
+    absolute difference of the per-channel Sobel magnitudes of the colour images (RGB in [0, 1]). It is zero
+    for identical images and grows where the colourisation puts edges the ground truth does not have (colour
+    bleeding across a boundary moves edge energy) or misses edges it has. The colour images must be compared,
+    not L: both share the input L, so their lightness edges agree by construction.
+    """
+
+    def forward(self, prediction_rgb: torch.Tensor, target_rgb: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(sobel_magnitude(prediction_rgb), sobel_magnitude(target_rgb))
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-x * x / (2 * sigma * sigma))
+    return g / g.sum()
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Mean SSIM (Wang et al. 2004) of two (B, C, H, W) images, per channel with a gaussian window (11, 1.5),
+    K1 = 0.01, K2 = 0.03, over the valid region (no padding), as scikit-image's ``gaussian_weights=True``."""
+    x, y = x.float(), y.float()
+    c = x.shape[1]
+    g = gaussian_window(window, sigma).to(x.device)
+    kernel_h = g.view(1, 1, 1, -1).expand(c, 1, 1, window)
+    kernel_v = g.view(1, 1, -1, 1).expand(c, 1, window, 1)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:  # separable gaussian, one group per channel
+        return F.conv2d(F.conv2d(t, kernel_h, groups=c), kernel_v, groups=c)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x ** 2
+    var_y = blur(y * y) - mu_y ** 2
+    cov = blur(x * y) - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return ssim_map.mean()
+
+
+class SSIMLoss(nn.Module):
+    """1 - SSIM, DenseFuse's L_ssim (Li & Wu 2019, eq. 2), for images in [0, ``data_range``]."""
+
+    def __init__(self, data_range: float = 1.0):
+        super().__init__()
+        self.data_range = data_range
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return 1.0 - ssim(prediction, target, self.data_range)
