@@ -1,0 +1,241 @@
+"""The app's Compare tab and ``/colorize`` API, served in-process and called through gradio_client, and the batch
+CLI. Random-initialised weights: these test plumbing (sizes, lightness kept, files, errors), not colours."""
+from __future__ import annotations
+
+import io
+import socket
+import struct
+import zipfile
+import zlib
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+import colorizers
+from colorizers.__main__ import main as cli_main
+from colorizers.color import rgb_to_l
+from conftest import write_random_weights
+
+import app
+
+MAX_PIXELS = 1_000_000
+#: The module's server lacks paracolorizer_bg's weights, so that model and the fused ParaColorizer are unavailable.
+MISSING = {"paracolorizer_bg", "paracolorizer"}
+
+
+def lightness(image: Image.Image) -> np.ndarray:
+    return rgb_to_l(colorizers.image_to_tensor(image))[0, 0].numpy()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def study_off(tmp_path_factory):
+    """Point the realism study at an empty photo folder: its tabs then say it is not set up, instead of
+    colouring photos in the background while these tests run."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STUDY_PHOTOS", str(tmp_path_factory.mktemp("no-study-photos")))
+        mp.setenv("STUDY_DATA_DIR", str(tmp_path_factory.mktemp("study-data")))
+        mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        yield
+
+
+@pytest.fixture(scope="module")
+def partial_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("partial-weights")
+    write_random_weights(root, [n for n in colorizers.NETWORK_NAMES if n != "paracolorizer_bg"])
+    return colorizers.load_colorizers(source=str(root))
+
+
+@pytest.fixture(scope="module")
+def server(study_off, partial_models):
+    available, unavailable = partial_models
+    demo = app.build_demo(available, unavailable, app.Settings(max_pixels=MAX_PIXELS, threads=1))
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+    try:
+        yield demo, Client(url, verbose=False)
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def all_models(random_weights_root):
+    available, unavailable = colorizers.load_colorizers(source=random_weights_root)
+    assert not unavailable
+    return available
+
+
+@pytest.fixture
+def photo_file(photo, tmp_path):
+    """A real photo, not square (so width and height cannot be swapped unnoticed), saved losslessly."""
+    path = tmp_path / "astronaut.png"
+    photo.crop((0, 0, 512, 384)).save(path)
+    return path
+
+
+def write_bytes(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def save_image(image: Image.Image, path):
+    image.save(path)
+    return path
+
+
+def jpeg_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels: a decompression bomb as PIL sees it."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+# ------------------------------------------------------------------------------------------------ the API
+
+@pytest.mark.parametrize("model", ["cnn_classifier", "paracolorizer_fg"])
+def test_colorize_endpoint_returns_the_photo_size_with_its_lightness(server, photo_file, model):
+    _, client = server
+    result = Image.open(client.predict(handle_file(str(photo_file)), model, api_name="/colorize"))
+    source = Image.open(photo_file)
+    assert result.size == source.size
+    assert result.mode == "RGB"
+    assert np.abs(lightness(result) - lightness(source)).mean() < 1.0
+    chroma = np.asarray(result.convert("RGB"), dtype=float)
+    assert chroma.std(axis=2).mean() > 1.0  # colour was added (random weights still predict some a,b)
+
+
+def test_missing_weights_are_listed_with_the_reason_and_the_others_still_work(server, photo_file):
+    demo, client = server
+    status = next(c["props"]["value"] for c in demo.config["components"]
+                  if c["props"].get("elem_id") == "model-status")
+    for name in colorizers.MODEL_NAMES:
+        line = next(line for line in status.splitlines() if colorizers.MODEL_TITLES[name] in line)
+        if name in MISSING:
+            assert "unavailable" in line and "no weights for 'paracolorizer_bg'" in line
+        else:
+            assert "ready" in line
+    with pytest.raises(AppError, match="unavailable: no weights for 'paracolorizer_bg'"):
+        client.predict(handle_file(str(photo_file)), "paracolorizer", api_name="/colorize")
+    assert Image.open(client.predict(handle_file(str(photo_file)), "cnn", api_name="/colorize")).size == (512, 384)
+
+
+def test_only_colorize_is_public_api(server):
+    _, client = server
+    assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {"/colorize"}
+
+
+@pytest.mark.parametrize("make_file, message", [
+    (lambda d: write_bytes(d / "notes.jpg", b"these are not the pixels you are looking for"),
+     "notes.jpg is not an image this app can read"),
+    (lambda d: write_bytes(d / "cut.jpg", jpeg_bytes()[:2000]), "cut.jpg could not be decoded"),
+    (lambda d: save_image(Image.new("L", (1200, 1000)), d / "big.png"),
+     r"big.png is 1200×1000 pixels \(1.2 megapixels\); the limit is 1 megapixels"),
+    (lambda d: write_bytes(d / "bomb.png", png_claiming_size(30_000, 30_000)), "bomb.png is far too large"),
+])
+def test_bad_uploads_are_refused_with_a_clear_message(server, tmp_path, make_file, message):
+    _, client = server
+    with pytest.raises(AppError, match=message):
+        client.predict(handle_file(str(make_file(tmp_path))), "cnn", api_name="/colorize")
+
+
+def test_no_upload_is_refused_with_a_clear_message(server):
+    _, client = server
+    with pytest.raises(AppError, match="No photo yet"):
+        client.predict(None, "cnn", api_name="/colorize")
+
+
+# ------------------------------------------------------------------------------------------------ Compare
+
+def test_compare_gives_one_result_per_selected_model_and_a_zip_of_them(all_models, photo_file, tmp_path):
+    names = ["attention_ugan", "paracolorizer", "paracolorizer_bg", "cnn"]
+    comparison, files = app.run_comparison(str(photo_file), names, all_models, app.Settings(), str(tmp_path))
+    assert list(comparison.results) == names == list(files.results)
+    source = Image.open(photo_file)
+    for name in names:
+        saved = Image.open(files.results[name])
+        assert saved.size == source.size
+        assert np.array_equal(np.asarray(saved), np.asarray(comparison.results[name].image))
+        assert comparison.results[name].seconds > 0
+    assert np.abs(lightness(Image.open(files.grey)) - lightness(source)).mean() < 1.0
+    with zipfile.ZipFile(files.zip) as zf:
+        assert sorted(zf.namelist()) == sorted(f"astronaut-{key}.png" for key in ["grey-input", *names])
+        for name in names:
+            assert zf.read(f"astronaut-{name}.png") == open(files.results[name], "rb").read()
+    assert comparison.shares_paracolorizer_pass
+    assert "foreground and background generators run once" in app._summary(comparison)
+
+
+def test_shared_paracolorizer_pass_gives_what_each_model_gives_alone(all_models, photo):
+    """fg, bg and ParaColorizer come from one predict_all pass in a comparison; each must equal its own run."""
+    family = {name: all_models[name] for name in app.PARACOLORIZER_OUTPUTS}
+    comparison = app.colorize_models(photo, family)
+    for name, colorizer in family.items():
+        alone = np.asarray(colorizer.colorize(photo), dtype=int)
+        assert np.abs(np.asarray(comparison.results[name].image, dtype=int) - alone).max() <= 1, name
+
+
+def test_compare_refuses_an_empty_selection(all_models, photo_file, tmp_path):
+    with pytest.raises(app.gr.Error, match="No model selected"):
+        app.run_comparison(str(photo_file), [], all_models, app.Settings(), str(tmp_path))
+
+
+def test_settings_from_env_rejects_nonsense():
+    assert app.Settings.from_env({"COLORIZERS_MAX_PIXELS": "2000000"}).max_pixels == 2_000_000
+    with pytest.raises(ValueError, match="COLORIZERS_CONCURRENCY must be a positive whole number"):
+        app.Settings.from_env({"COLORIZERS_CONCURRENCY": "0"})
+
+
+def test_app_starts_and_explains_when_no_weights_exist(study_off, tmp_path):
+    available, unavailable = colorizers.load_colorizers(source=str(tmp_path))
+    assert not available and set(unavailable) == set(colorizers.MODEL_NAMES)
+    demo = app.build_demo(available, unavailable, app.Settings())
+    status = next(c["props"]["value"] for c in demo.config["components"]
+                  if c["props"].get("elem_id") == "model-status")
+    assert "No model can run yet" in status and status.count("**unavailable**") == 6
+
+
+# ------------------------------------------------------------------------------------------------ batch CLI
+
+def test_cli_colorizes_a_folder_skips_a_broken_file_and_fails_at_the_end(random_weights_root, photo, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    photo.save(inputs / "astronaut.jpg")
+    photo.crop((0, 0, 300, 200)).convert("L").save(inputs / "sub" / "grey.png")
+    (inputs / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (inputs / "notes.txt").write_text("not an image extension: ignored")
+    out = tmp_path / "out"
+
+    status = cli_main([str(inputs), "--model", "cnn", "--model", "paracolorizer", "--out", str(out),
+                       "--weights", random_weights_root])
+
+    captured = capsys.readouterr()
+    assert status == 1
+    assert "broken.jpg" in captured.err and "cannot read it as an image" in captured.err
+    assert "colorized 2 of 3 image(s) with 2 model(s)" in captured.out
+    for model in ("cnn", "paracolorizer"):
+        assert Image.open(out / model / "astronaut.png").size == (512, 512)
+        assert Image.open(out / model / "sub" / "grey.png").size == (300, 200)
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["astronaut.png"] * 2 + ["grey.png"] * 2
+
+
+def test_cli_stops_before_work_when_a_model_has_no_weights(photo, tmp_path, capsys):
+    photo.save(tmp_path / "a.png")
+    status = cli_main([str(tmp_path / "a.png"), "--model", "all", "--out", str(tmp_path / "out"),
+                       "--weights", str(tmp_path / "empty")])
+    assert status == 2
+    assert "model cnn is unavailable: no weights for 'cnn'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
