@@ -1,0 +1,104 @@
+"""python -m train.evaluate end to end on a tiny generated image folder, with random-initialised weights.
+
+The weights are random (plumbing only): these tests check the files, rows and bookkeeping, never the numbers'
+quality."""
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+import colorizers
+from colorizers.color import gray_to_rgb_from_l, rgb_to_l
+from tests.conftest import random_image, write_random_weights
+from train import evaluate, metrics
+from train.data import read_images
+
+SIZE = 48
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    Image.fromarray(data.astronaut()[::4, ::4]).save(folder / "astronaut.png")
+    random_image(60, 50, seed=3).save(folder / "random.png")
+    return folder
+
+
+def _read_csv(path) -> dict[str, dict[str, str]]:
+    with open(path, newline="") as f:
+        return {row["method"]: row for row in csv.DictReader(f)}
+
+
+def test_evaluate_writes_a_row_per_model_the_floor_and_the_reference(image_folder, random_weights_root, tmp_path):
+    out = tmp_path / "eval"
+    assert evaluate.main(["--data", str(image_folder), "--weights", random_weights_root, "--out", str(out),
+                          "--size", str(SIZE), "--batch-size", "1", "--examples", "2"]) == 0
+
+    rows = _read_csv(out / "metrics.csv")
+    assert list(rows) == [evaluate.GRAYSCALE, *colorizers.MODEL_NAMES, evaluate.GROUND_TRUTH]
+    fields = [field for field, _, _ in evaluate.COLUMNS]
+    for name in [evaluate.GRAYSCALE, *colorizers.MODEL_NAMES]:
+        assert rows[name]["images"] == "2"
+        values = {field: float(rows[name][field]) for field in fields}
+        assert all(math.isfinite(v) for v in values.values()), (name, values)
+        assert 0 < values["ssim"] <= 1 and values["lpips"] >= 0 and values["fid"] > 0
+    truth = rows[evaluate.GROUND_TRUTH]
+    assert {truth[f] for f in fields if f != "colourfulness"} == {evaluate.NOT_AVAILABLE}
+
+    # the floor row is the grey image with the ground truth's L, scored in batches of 1 and averaged over images
+    images = read_images([str(image_folder)], size=SIZE).images.float() / 255.0
+    grey = gray_to_rgb_from_l(rgb_to_l(images))
+    floor = rows[evaluate.GRAYSCALE]
+    assert float(floor["psnr"]) == pytest.approx(metrics.psnr(grey, images).mean().item(), abs=1e-4)
+    assert float(floor["ssim"]) == pytest.approx(metrics.ssim(grey, images).mean().item(), abs=1e-5)
+    assert float(floor["colourfulness"]) < 0.5
+    truth_colour = metrics.colourfulness(images).mean().item()
+    assert float(truth["colourfulness"]) == pytest.approx(truth_colour, abs=1e-4)
+    assert float(floor["delta_colourfulness"]) == pytest.approx(truth_colour - float(floor["colourfulness"]), abs=1e-3)
+
+    table = (out / "metrics.md").read_text()
+    for name in rows:
+        assert f"| {evaluate.ROW_TITLES[name]} |" in table
+    assert "2 images" in table and str(image_folder) in table and "Unavailable" not in table
+    assert "Δ Colourful = |mean colourfulness of the outputs - mean colourfulness of the ground truth|" in table
+
+    with Image.open(out / "examples.png") as grid:
+        assert grid.width > grid.height  # 8 columns (grey, six models, truth) by 2 rows
+
+
+def test_missing_weights_backbone_and_too_few_images_give_notes_not_crashes(image_folder, tmp_path, monkeypatch):
+    weights = write_random_weights(tmp_path / "weights", networks=("cnn",))
+    monkeypatch.setattr(metrics, "DEFAULT_LPIPS_BACKBONE", tmp_path / "absent.pth")
+    out = tmp_path / "eval"
+    evaluate.main(["--data", str(image_folder), "--weights", weights, "--out", str(out), "--size", str(SIZE),
+                   "--models", "cnn", "attention_ugan", "paracolorizer", "--max-images", "1", "--examples", "1"])
+
+    rows = _read_csv(out / "metrics.csv")
+    assert list(rows) == [evaluate.GRAYSCALE, "cnn", evaluate.GROUND_TRUTH]
+    assert {row["lpips"] for row in rows.values()} == {evaluate.NOT_AVAILABLE}
+    assert {row["fid"] for row in rows.values()} == {evaluate.NOT_AVAILABLE}  # FID needs 2 images
+    assert np.isfinite(float(rows["cnn"]["psnr"])) and rows["cnn"]["images"] == "1"
+    table = (out / "metrics.md").read_text()
+    assert "Unavailable: attention_ugan (" in table and "Unavailable: paracolorizer (" in table
+    assert "LPIPS: skipped (n/a)" in table and "FID needs at least 2 images" in table
+    assert (out / "examples.png").is_file()
+
+
+def test_no_model_with_weights_is_an_error(image_folder, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(["--data", str(image_folder), "--weights", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    assert "has weights" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_lpips_backbone_that_was_asked_for_is_an_error(image_folder, random_weights_root, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(["--data", str(image_folder), "--weights", random_weights_root, "--out", str(tmp_path / "o"),
+                       "--lpips-backbone", str(tmp_path / "absent.pth")])
+    assert "--lpips-backbone" in capsys.readouterr().err
+
