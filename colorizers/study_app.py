@@ -107,21 +107,21 @@ def _participant_tab(study: Study) -> dict[str, Callable]:
     with gr.Column(visible=True) as intro:
         gr.Markdown(_instructions(study.settings))
         start_button = gr.Button("Start, or continue where I left off", variant="primary")
-    notice = gr.Markdown()
+    notice = gr.Markdown(elem_id="study-notice")
     with gr.Column(visible=False) as pair:
-        progress = gr.Markdown()
+        progress = gr.Markdown(elem_id="study-progress")
         with gr.Row(equal_height=True):
             image_options = dict(type="filepath", interactive=False, buttons=["fullscreen"], show_label=True)
-            left = gr.Image(label="Left", **image_options)
-            right = gr.Image(label="Right", **image_options)
+            left = gr.Image(label="Left", elem_id="study-left", **image_options)
+            right = gr.Image(label="Right", elem_id="study-right", **image_options)
     with gr.Column(visible=False) as asking:
         gr.Markdown("**Which image is the recoloured one?**")
         with gr.Row():
             answer_buttons = [gr.Button(label, variant="secondary") for label in ANSWERS]
     with gr.Column(visible=False) as feedback:
-        feedback_text = gr.Markdown()
+        feedback_text = gr.Markdown(elem_id="study-feedback")
         next_button = gr.Button("Next pair", variant="primary")
-    with gr.Column(visible=False) as done:
+    with gr.Column(visible=False, elem_id="study-done") as done:
         gr.Markdown("### Thank you!\n\nYou have finished the study. Your answers are saved; you can close this page.")
 
     outputs = [participant, trial, intro, notice, pair, progress, left, right, asking, feedback, feedback_text, done]

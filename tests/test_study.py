@@ -1,0 +1,370 @@
+"""The realism study without the UI: Table III scoring, the four cases, balanced assignment, bootstrap intervals,
+the SQLite store (durability, one answer per trial) and ``Study`` (resume after a restart, blind pairs, cache).
+Random-initialised weights only drive the plumbing here; no test reads their recolourings as results."""
+from __future__ import annotations
+
+import copy
+import re
+import sqlite3
+import threading
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import colorizers
+from colorizers.study import (
+    CASE_SCORES, Study, StudySettings, StudySetupError, assign_trials, case_table, decision_case, fooling_score,
+    practice_photos, summarize,
+)
+from colorizers.study_store import AnswerRejected, StudyStore, TrialSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE_III = [[6, 37, 52, 5], [12, 40, 40, 8], [6, 29, 55, 10], [7, 34, 49, 10]]
+SERVED_NAME = re.compile(r"^[0-9a-f]{32}\.jpg$")
+
+
+# ----------------------------------------------------------------------------------------- helpers (shared)
+
+
+def make_photos(folder: Path, count: int, long_side: int = 160) -> Path:
+    """``count`` of the shipped study photos, downscaled so the random-weight plumbing runs fast."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in sorted((ROOT / "assets" / "study").glob("*.jpg"))[:count]:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            image.thumbnail((long_side, long_side))
+            image.save(folder / path.name, quality=95)
+    return folder
+
+
+def small_settings(root: Path, photos: int = 6, **overrides) -> StudySettings:
+    """A study of 1 practice pair and 2 batches of 2 pairs (5 photos per participant)."""
+    values = dict(photos_dir=make_photos(root / "photos", photos), data_dir=root / "data", practice_pairs=1,
+                  batches=2, pairs_per_batch=2, bootstrap_samples=500)
+    return StudySettings(**{**values, **overrides})
+
+
+def answer_all(study: Study, participant_id: str | None = None, choice: str = "left", confident: bool = True):
+    """Take one participant through the whole study; returns their id."""
+    screen = study.start(participant_id)
+    while screen.kind != "done":
+        if screen.kind == "feedback":
+            screen = study.resume(screen.participant_id)
+        else:
+            screen = study.answer(screen.participant_id, screen.trial_id, choice, confident)
+    return screen.participant_id
+
+
+@pytest.fixture(scope="module")
+def available(tmp_path_factory):
+    from tests.conftest import write_random_weights
+    root = write_random_weights(tmp_path_factory.mktemp("study-weights"))
+    loaded, missing = colorizers.load_colorizers(source=root)
+    assert not missing
+    return loaded
+
+
+# ----------------------------------------------------------------------------------------------------- scoring
+
+
+def test_table_iii_gives_the_papers_fooling_score():
+    assert fooling_score(TABLE_III) == pytest.approx(0.5375, abs=1e-12)
+    assert fooling_score(np.asarray(TABLE_III).sum(axis=0)[None]) == pytest.approx(0.5375, abs=1e-12)
+
+
+def test_four_cases_and_their_scores():
+    assert decision_case(correct=True, confident=True) == 1
+    assert decision_case(correct=True, confident=False) == 2
+    assert decision_case(correct=False, confident=False) == 3
+    assert decision_case(correct=False, confident=True) == 4
+    assert CASE_SCORES == (0.0, 0.25, 0.75, 1.0)
+    for case, score in enumerate(CASE_SCORES, start=1):
+        counts = [0, 0, 0, 0]
+        counts[case - 1] = 7
+        assert fooling_score([counts]) == score
+    with pytest.raises(ValueError, match="no decisions"):
+        fooling_score([[0, 0, 0, 0]])
+
+
+def _synthetic_answers(rng, participants: int, decisions: int, fool_rate, confident_rate=0.5, model="m"):
+    """Answers whose fool rate is ``fool_rate`` (a number, or one per participant)."""
+    rates = np.broadcast_to(fool_rate, (participants,))
+    answers = []
+    for p in range(participants):
+        for d in range(decisions):
+            fooled, sure = rng.random() < rates[p], rng.random() < confident_rate
+            answers.append(_Answer(f"p{p}", model, 1 + d % 4, decision_case(not fooled, sure)))
+    return answers
+
+
+class _Answer:
+    def __init__(self, participant_id, model, batch, case_number):
+        self.participant_id, self.model, self.batch, self.case_number = participant_id, model, batch, case_number
+
+
+def test_bootstrap_interval_contains_the_true_rate_and_is_narrow():
+    answers = _synthetic_answers(np.random.default_rng(1), participants=300, decisions=20, fool_rate=0.3)
+    (s,) = summarize(answers, samples=1000, seed=0)
+    assert (s.participants, s.decisions) == (300, 6000)
+    assert s.fool_rate_ci[0] < 0.3 < s.fool_rate_ci[1]
+    assert s.fool_rate_ci[1] - s.fool_rate_ci[0] < 0.05
+    # Confidence independent of correctness at 50%: 0.7 * (0 + 0.25) / 2 + 0.3 * (0.75 + 1) / 2 = 0.35.
+    assert s.fooling_ci[0] < 0.35 < s.fooling_ci[1]
+    assert s.fooling_ci[1] - s.fooling_ci[0] < 0.05
+    assert summarize(answers, samples=1000, seed=0) == [s]  # seeded
+
+
+def test_bootstrap_resamples_participants_not_decisions():
+    # Half the participants are always fooled, half never: 2000 decisions, but only 40 independent people, so
+    # the interval must be wide (a bootstrap over decisions would give about +-0.02).
+    answers = _synthetic_answers(np.random.default_rng(2), 40, 50, fool_rate=np.repeat([0.0, 1.0], 20))
+    (s,) = summarize(answers, samples=2000, seed=0)
+    assert s.fool_rate == 0.5
+    assert s.fool_rate_ci[1] - s.fool_rate_ci[0] > 0.2
+
+
+def test_summary_and_table_iii_per_model_and_batch():
+    answers = [_Answer("a", "cnn", 1, 1), _Answer("a", "cnn", 2, 4), _Answer("b", "cnn", 1, 3),
+               _Answer("b", "paracolorizer", 1, 2)]
+    assert case_table(answers) == {"cnn": {1: [1, 0, 1, 0], 2: [0, 0, 0, 1]}, "paracolorizer": {1: [0, 1, 0, 0]}}
+    by_model = {s.model: s for s in summarize(answers, samples=100)}
+    assert by_model["cnn"].fooling_score == pytest.approx((0 + 1 + 0.75) / 3)
+    assert by_model["cnn"].fool_rate == pytest.approx(2 / 3)
+    assert (by_model["cnn"].participants, by_model["cnn"].decisions) == (2, 3)
+    assert by_model["paracolorizer"].fooling_score == 0.25
+
+
+# ----------------------------------------------------------------------------------------------- assignment
+
+PHOTOS = [f"photo{i:02d}.jpg" for i in range(22)]
+
+
+@pytest.mark.parametrize("models", [colorizers.MODEL_NAMES, ("cnn", "paracolorizer", "attention_ugan", "cnn_classifier")])
+def test_assignment_is_balanced_and_never_repeats_a_photo(models):
+    settings = StudySettings()  # the paper's design: 4 batches of 5, plus practice
+    practice = set(practice_photos(PHOTOS, settings))
+    assert len(practice) == settings.practice_pairs
+    totals = Counter()
+    for number in range(len(models) * 5):
+        trials = assign_trials(PHOTOS, models, settings, number)
+        scored = [t for t in trials if t.phase == "scored"]
+        assert [t.phase for t in trials[:settings.practice_pairs]] == ["practice"] * settings.practice_pairs
+        assert {t.photo for t in trials if t.phase == "practice"} == practice
+        assert len({t.photo for t in trials}) == len(trials) == 22  # no photo twice
+        assert not practice & {t.photo for t in scored}  # practice photos are never scored
+        assert Counter(t.batch for t in scored) == {b: 5 for b in range(1, 5)}
+        assert Counter(t.recoloured_side for t in scored) == {"left": 10, "right": 10}
+        per_model = Counter(t.model for t in scored)
+        assert set(per_model) == set(models)
+        assert max(per_model.values()) - min(per_model.values()) <= 1
+        totals.update(per_model)
+    assert len(set(totals.values())) == 1  # over whole rotations every model is shown equally often
+
+
+def test_assignment_is_seeded_and_pure():
+    settings = StudySettings()
+    assert assign_trials(PHOTOS, ["cnn", "paracolorizer"], settings, 3) == \
+        assign_trials(PHOTOS, ["cnn", "paracolorizer"], settings, 3)
+    assert assign_trials(PHOTOS, ["cnn", "paracolorizer"], settings, 3) != \
+        assign_trials(PHOTOS, ["cnn", "paracolorizer"], settings, 4)
+    assert assign_trials(PHOTOS, ["cnn", "paracolorizer"], settings, 3) != \
+        assign_trials(PHOTOS, ["cnn", "paracolorizer"], StudySettings(seed=1), 3)
+
+
+def test_too_few_photos_for_the_design_is_explained():
+    with pytest.raises(StudySetupError) as err:
+        assign_trials(PHOTOS[:21], ["cnn"], StudySettings(), 0)
+    message = str(err.value)
+    assert "needs 22 different photos" in message and "has only 21" in message
+    assert "STUDY_PHOTOS" in message and "STUDY_BATCHES" in message
+
+
+def test_settings_from_environment():
+    env = {"STUDY_PHOTOS": "/p", "STUDY_DB": "/d/s.db", "STUDY_MODELS": "cnn, paracolorizer", "STUDY_BATCHES": "3",
+           "STUDY_PAIRS_PER_BATCH": "6", "STUDY_PRACTICE_PAIRS": "0", "STUDY_SEED": "9",
+           "STUDY_ADMIN_PASSWORD": "s3cret"}
+    s = StudySettings.from_env(env)
+    assert (s.photos_dir, s.database, s.models) == (Path("/p"), Path("/d/s.db"), ("cnn", "paracolorizer"))
+    assert (s.batches, s.pairs_per_batch, s.practice_pairs, s.seed, s.admin_password) == (3, 6, 0, 9, "s3cret")
+    assert "s3cret" not in repr(s)
+    defaults = StudySettings.from_env({})
+    assert (defaults.batches, defaults.pairs_per_batch, defaults.models) == (4, 5, None)
+    assert defaults.database.name == "study.sqlite3"
+    with pytest.raises(ValueError, match="STUDY_BATCHES"):
+        StudySettings.from_env({"STUDY_BATCHES": "four"})
+
+
+# ---------------------------------------------------------------------------------------------------- store
+
+
+def _plan(number):
+    return [TrialSpec("practice", 0, "a.jpg", "cnn", "left")] + [
+        TrialSpec("scored", 1, f"{i}.jpg", "cnn", "right") for i in range(3)]
+
+
+def test_store_keeps_every_answer_across_a_reopen(tmp_path):
+    store = StudyStore(tmp_path / "study.sqlite3")
+    pid = store.create_participant(_plan, lambda model: "w1")
+    first, second = store.trials(pid)[:2]
+    store.mark_shown(first.id, 100.0)
+    store.record_answer(first, "left", True, 1, 100.5)
+    store.record_answer(second, "left", False, 3, 101.0)
+    del store  # the "app" goes away; nothing was held open
+
+    reopened = StudyStore(tmp_path / "study.sqlite3")
+    assert [t.answered for t in reopened.trials(pid)] == [True, True, False, False]
+    rows = reopened.answers(phase=None)
+    assert [(r.phase, r.choice, r.confident, r.correct, r.case_number) for r in rows] == [
+        ("practice", "left", True, True, 1), ("scored", "left", False, False, 3)]
+    assert rows[0].response_ms == 500 and rows[1].response_ms is None and rows[0].weights == "w1"
+    assert [r.trial_id for r in reopened.answers()] == [second.id]  # scored only by default
+    with sqlite3.connect(tmp_path / "study.sqlite3") as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_store_refuses_replayed_and_out_of_order_answers(tmp_path):
+    store = StudyStore(tmp_path / "study.sqlite3")
+    pid = store.create_participant(_plan, lambda model: "w")
+    trials = store.trials(pid)
+    with pytest.raises(AnswerRejected):
+        store.record_answer(trials[2], "left", True, 1, 1.0)  # not the current trial yet
+    store.record_answer(trials[0], "left", True, 1, 1.0)
+    with pytest.raises(AnswerRejected):
+        store.record_answer(trials[0], "right", True, 4, 2.0)  # replayed
+    assert len(store.answers(phase=None)) == 1
+    with sqlite3.connect(tmp_path / "study.sqlite3") as con, pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        con.execute("INSERT INTO answers VALUES (?, 'right', 1, 0, 4, 0, 3.0)", (trials[0].id,))
+
+
+def test_csv_has_every_raw_answer(tmp_path):
+    import csv
+    import io
+    store = StudyStore(tmp_path / "study.sqlite3")
+    pid = store.create_participant(_plan, lambda model: "w")
+    for trial in store.trials(pid):
+        store.record_answer(trial, "right", False, 2, 1_700_000_000.0)
+    out = io.StringIO()
+    assert store.write_csv(out) == 4
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert [r["phase"] for r in rows] == ["practice", "scored", "scored", "scored"]
+    assert rows[1]["participant_id"] == pid and rows[1]["model"] == "cnn" and rows[1]["case_number"] == "2"
+    assert rows[1]["answered_at"] == "2023-11-14T22:13:20.000+00:00"
+
+
+# ------------------------------------------------------------------------------------------------ the study
+
+
+def test_setup_problems_are_explained(tmp_path, available):
+    settings = small_settings(tmp_path)
+    with pytest.raises(StudySetupError, match="No trained model is available"):
+        Study(settings, {}, tmp_path / "serve")
+    with pytest.raises(StudySetupError, match="STUDY_MODELS asks for paracolorizer"):
+        Study(replace(settings, models=("cnn", "paracolorizer")),
+              {"cnn": available["cnn"]}, tmp_path / "serve")
+    with pytest.raises(StudySetupError, match="has only 4"):
+        Study(small_settings(tmp_path / "few", photos=4), available, tmp_path / "serve")
+
+
+def test_participant_resumes_after_a_restart_and_is_never_counted_twice(tmp_path, available):
+    settings = small_settings(tmp_path, models=("cnn", "attention_ugan"))
+    study = Study(settings, available, tmp_path / "serve")
+    screen = study.start(None)
+    assert screen.kind == "trial" and screen.progress == "Practice round (not scored), pair 1 of 1"
+    pid = screen.participant_id
+    feedback = study.answer(pid, screen.trial_id, "left", True)
+    assert feedback.kind == "feedback" and "not scored" in feedback.message
+    screen = study.resume(pid)
+    assert screen.progress == "Batch 1 of 2, pair 1 of 2"
+    screen = study.answer(pid, screen.trial_id, "right", False)
+    assert screen.progress == "Batch 1 of 2, pair 2 of 2"
+    pending = screen.trial_id
+
+    restarted = Study(settings, available, tmp_path / "serve")  # a new process on the same data
+    screen = restarted.start(pid)
+    assert screen.trial_id == pending and "answered 2 of 5" in screen.message
+    assert answer_all(restarted, pid) == pid
+    assert restarted.start(pid).kind == "done"  # coming back after the end does not start again
+    rows = restarted.store.answers(phase=None)
+    assert len(rows) == 5 and {r.participant_id for r in rows} == {pid}
+    assert Counter(r.model for r in rows if r.phase == "scored") == {"cnn": 2, "attention_ugan": 2}
+
+
+def test_stale_pages_cannot_answer_again(tmp_path, available):
+    study = Study(small_settings(tmp_path, models=("cnn",)), available, tmp_path / "serve")
+    first = study.start(None)
+    pid = first.participant_id
+    study.answer(pid, first.trial_id, "left", True)
+    replay = study.answer(pid, first.trial_id, "right", True)  # e.g. a second tab on the same pair
+    assert replay.kind == "trial" and "already been answered" in replay.message
+    assert replay.trial_id != first.trial_id
+    assert study.answer(pid, "forged-trial-id", "left", True).kind == "intro"
+    assert study.answer("unknown-participant", replay.trial_id, "left", True).kind == "intro"
+    assert len(study.store.answers(phase=None)) == 1
+
+
+def test_pairs_reach_the_browser_blind(tmp_path, available):
+    """Both files of a pair: random names, same size and format, same JPEG tables, no metadata; the answer key
+    stays on the server (and is right)."""
+    settings = small_settings(tmp_path, models=("cnn_classifier", "attention_ugan"))
+    study = Study(settings, available, tmp_path / "serve")
+    screen = study.start(None)
+    seen, previous = 0, ()
+    while screen.kind != "done":
+        if screen.kind == "feedback":
+            screen = study.resume(screen.participant_id)
+            continue
+        assert not any(p.exists() for p in previous)  # an answered pair's files are gone once the next is shown
+        trial = next(t for t in study.store.trials(screen.participant_id) if t.id == screen.trial_id)
+        images = [Image.open(p) for p in (screen.left, screen.right)]
+        for path in (screen.left, screen.right):
+            assert SERVED_NAME.match(path.name) and path.parent == tmp_path / "serve"
+        assert images[0].format == images[1].format == "JPEG"
+        assert images[0].size == images[1].size
+        assert images[0].quantization == images[1].quantization  # same quality
+        assert images[0].info == images[1].info and not {"exif", "icc_profile", "comment"} & set(images[0].info)
+        assert images[0].getexif() == images[1].getexif() == {}
+        with Image.open(settings.photos_dir / trial.photo) as photo:
+            real = np.asarray(photo.convert("RGB"), dtype=float)
+        difference = [np.abs(np.asarray(im.convert("RGB"), dtype=float) - real).mean() for im in images]
+        real_side = "left" if difference[0] < difference[1] else "right"
+        assert real_side != trial.recoloured_side
+        previous = (screen.left, screen.right)
+        screen = study.answer(screen.participant_id, screen.trial_id, "left", False)
+        seen += 1
+    assert seen == settings.photos_per_participant
+    assert not any(p.exists() for p in previous) and not any((tmp_path / "serve").iterdir())
+
+
+def test_recolourings_are_computed_once_and_keyed_by_weights(tmp_path, available):
+    settings = small_settings(tmp_path, photos=3, models=("cnn_classifier",), practice_pairs=0, batches=1)
+    study = Study(settings, available, tmp_path / "serve")
+    study.stimuli.warm(study.models, stop=threading.Event())
+    cache = tmp_path / "data" / "recolourings" / "cnn_classifier"
+    assert len(list(cache.rglob("*.png"))) == 3
+
+    class Counting:
+        def __init__(self, model):
+            self.inner, self.model, self.calls = colorizers.Colorizer("cnn_classifier", model), model, 0
+
+        def colorize(self, image):
+            self.calls += 1
+            return self.inner.colorize(image)
+
+    same = Counting(available["cnn_classifier"].model)
+    again = Study(settings, {"cnn_classifier": same}, tmp_path / "serve")
+    answer_all(again)
+    answer_all(again)
+    assert same.calls == 0  # two participants, every pair from the disk cache
+
+    retrained = copy.deepcopy(available["cnn_classifier"].model)
+    with torch.no_grad():
+        next(retrained.parameters()).add_(0.1)
+    other = Counting(retrained)  # other weights: their own recolourings
+    Study(settings, {"cnn_classifier": other}, tmp_path / "serve").start(None)
+    assert other.calls == 1
+    assert len({p.parent for p in cache.rglob("*.png")}) == 2
