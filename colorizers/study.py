@@ -65,7 +65,7 @@ class StudySettings:
     bootstrap_samples: int = 2000
     admin_password: str | None = field(default=None, repr=False)
 
-    ENV = {
+    ENV_VARS = {
         "photos_dir": "STUDY_PHOTOS", "data_dir": "STUDY_DATA_DIR", "db_path": "STUDY_DB",
         "models": "STUDY_MODELS", "practice_pairs": "STUDY_PRACTICE_PAIRS", "batches": "STUDY_BATCHES",
         "pairs_per_batch": "STUDY_PAIRS_PER_BATCH", "seed": "STUDY_SEED", "admin_password": "STUDY_ADMIN_PASSWORD",
@@ -79,9 +79,9 @@ class StudySettings:
             raise ValueError(f"practice_pairs must be 0 or more, got {self.practice_pairs}")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides) -> StudySettings:
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> StudySettings:
         values: dict = {}
-        for name, var in cls.ENV.items():
+        for name, var in cls.ENV_VARS.items():
             raw = environ.get(var, "").strip()
             if not raw:
                 continue
@@ -96,7 +96,7 @@ class StudySettings:
                     values[name] = int(raw)
                 except ValueError:
                     raise ValueError(f"{var} must be a whole number, got {raw!r}") from None
-        return cls(**{**values, **overrides})
+        return cls(**values)
 
     @property
     def database(self) -> Path:

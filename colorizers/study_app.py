@@ -175,7 +175,7 @@ def _results_tab(settings: StudySettings, serve_dir: Path) -> dict[str, Callable
     message = gr.Markdown()
     with gr.Column(visible=False) as results:
         summary = gr.Dataframe(label="Fooling score per model", interactive=False)
-        chart = gr.Plot(label="Fooling score with 95% interval")
+        chart = gr.Plot(label="Fooling score with 95% interval", elem_id="study-chart")
         cases = gr.Dataframe(label="Cases per batch (Table III)", interactive=False)
         raw = gr.File(label="Every raw answer (CSV)")
 
