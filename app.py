@@ -287,9 +287,9 @@ def model_status(available: dict, unavailable: dict[str, str]) -> str:
     for name in colorizers.MODEL_NAMES:
         title = colorizers.MODEL_TITLES[name]
         if name in available:
-            lines.append(f"- ✅ {title}: ready")
+            lines.append(f"- {title}: ready")
         elif name in unavailable:
-            lines.append(f"- ⚠️ {title}: **unavailable**. {unavailable[name]}")
+            lines.append(f"- {title}: **unavailable**. {unavailable[name]}")
     if not available:
         lines += ["", "**No model can run yet: no trained weights were found.** Train the models with "
                       "`python -m train`, or point `COLORIZERS_WEIGHTS` at a weights folder or Hugging Face repo, "
@@ -345,8 +345,8 @@ def build_demo(available: dict[str, Colorizer], unavailable: dict[str, str], set
             summary = gr.Markdown(elem_id="summary")
             with gr.Row(equal_height=True):
                 result_images = {
-                    name: gr.Image(label=title, type="filepath", interactive=False, visible=False, min_width=280,
-                                   elem_id=f"result-{name}")
+                    name: gr.Image(label=title, type="filepath", interactive=False, visible=False, height=360,
+                                   min_width=380, elem_id=f"result-{name}")
                     for name, title in titles.items()
                 }
             download = gr.File(label="All results and the grey input (zip)", interactive=False, elem_id="download")

@@ -1,0 +1,63 @@
+"""The Compare tab in headless Chromium: upload a photo, press Colorize, see every available model's result.
+Leaves a screenshot in test-artifacts/compare.png (random-initialised weights: the colours mean nothing)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import colorizers
+from conftest import chromium_path
+from test_app import free_port, study_off  # noqa: F401  (study_off is a fixture)
+
+import app
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def app_url(study_off, random_weights_root):
+    available, unavailable = colorizers.load_colorizers(source=random_weights_root)
+    demo = app.build_demo(available, unavailable, app.Settings(threads=1))
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+    try:
+        yield url
+    finally:
+        demo.close()
+
+
+@pytest.fixture
+def page():
+    executable = chromium_path()
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 1000})
+        finally:
+            browser.close()
+
+
+def test_compare_shows_every_model_result(app_url, page, photo, tmp_path):
+    upload = tmp_path / "astronaut.png"
+    photo.crop((0, 0, 512, 384)).save(upload)
+    page.goto(app_url)
+    page.locator("#photo input[type=file]").set_input_files(str(upload))
+    page.locator("#photo img").first.wait_for(timeout=30_000)
+    page.locator("#run").click()
+
+    for name in colorizers.MODEL_NAMES:
+        result = page.locator(f"#result-{name}")
+        result.locator("img").first.wait_for(timeout=60_000)
+        # the label carries the model's title and its time
+        assert result.get_by_text(colorizers.MODEL_TITLES[name]).first.inner_text().endswith(" s")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
+
+    assert page.locator("#slider img").count() == 2
+    assert page.locator("#download a[href$='/astronaut-colorized.zip']").count() == 1
+    assert "converting the photo to lightness" in page.locator("#summary").inner_text()
