@@ -113,6 +113,7 @@ def read_image(path: str | os.PathLike | None, max_pixels: int) -> Image.Image:
         raise _refuse(f"{name} could not be opened ({err}).") from None
     width, height = image.size
     if width * height > max_pixels:
+        image.close()
         raise _refuse(f"{name} is {width}×{height} pixels ({width * height / 1e6:.1f} megapixels); {limit}")
     try:
         image.load()
@@ -351,6 +352,9 @@ def build_demo(available: dict[str, Colorizer], unavailable: dict[str, str], set
                 }
             download = gr.File(label="All results and the grey input (zip)", interactive=False, elem_id="download")
             files_state = gr.State()
+            # The /colorize API endpoint's own components (never shown): a photo and a model name in, an image out.
+            api_photo = gr.Image(label="Photo", type="filepath", visible=False)
+            api_model = gr.Dropdown(list(available), value=first, label="Model", visible=False)
             api_result = gr.Image(label="Colorized photo", type="filepath", format="png", visible=False)
 
         def compare(upload, names, slider_name):
@@ -362,11 +366,13 @@ def build_demo(available: dict[str, Colorizer], unavailable: dict[str, str], set
                 if name in files.results else gr.Image(None, visible=False)
                 for name in result_images
             ]
-            return *images, shown, (files.grey, files.results[shown]), _summary(comparison), files.zip, files
+            slider_choice = gr.Dropdown([(titles[name], name) for name in files.results], value=shown)
+            return (*images, slider_choice, (files.grey, files.results[shown]), _summary(comparison), files.zip,
+                    files)
 
         def show_in_slider(name, files: ComparisonFiles | None):
-            if files is None or name not in files.results:
-                return gr.ImageSlider()  # nothing colorized with that model yet: leave the slider as it is
+            if files is None:
+                return gr.skip()  # nothing colorized yet
             return files.grey, files.results[name]
 
         def colorize(upload, model: str) -> str:
@@ -382,7 +388,7 @@ def build_demo(available: dict[str, Colorizer], unavailable: dict[str, str], set
                   [*result_images.values(), slider_model, slider, summary, download, files_state],
                   preprocess=False, api_visibility="private", concurrency_id="colorize")
         slider_model.input(show_in_slider, [slider_model, files_state], slider, api_visibility="private")
-        gr.on([], colorize, [photo, slider_model], api_result, api_name="colorize", preprocess=False,
+        gr.on([], colorize, [api_photo, api_model], api_result, api_name="colorize", preprocess=False,
               concurrency_id="colorize")
 
         from colorizers.study_app import build_study_tabs  # the realism study's tabs (STUDY_* settings)

@@ -61,3 +61,24 @@ def test_compare_shows_every_model_result(app_url, page, photo, tmp_path):
     assert page.locator("#slider img").count() == 2
     assert page.locator("#download a[href$='/astronaut-colorized.zip']").count() == 1
     assert "converting the photo to lightness" in page.locator("#summary").inner_text()
+
+
+def test_an_example_with_some_models_and_the_slider_choice(app_url, page):
+    page.goto(app_url)
+    page.get_by_role("button", name="Camera", exact=True).click()
+    page.locator("#photo img").first.wait_for(timeout=30_000)
+    for name in ("cnn", "paracolorizer_bg"):
+        page.locator("#models").get_by_label(colorizers.MODEL_TITLES[name]).uncheck()
+    page.locator("#run").click()
+
+    selected = [n for n in colorizers.MODEL_NAMES if n not in ("cnn", "paracolorizer_bg")]
+    for name in selected:
+        page.locator(f"#result-{name} img").first.wait_for(timeout=60_000)
+    assert page.locator("#result-cnn").is_hidden() and page.locator("#result-paracolorizer_bg").is_hidden()
+
+    before = page.locator("#slider img").nth(1).get_attribute("src")
+    assert "camera-cnn_classifier" in before  # the first selected model is shown until another is picked
+    page.locator("#slider-model input").click()
+    page.get_by_role("option", name=colorizers.MODEL_TITLES["attention_ugan"]).click()
+    page.wait_for_function(
+        "() => document.querySelectorAll('#slider img')[1].src.includes('camera-attention_ugan')", timeout=30_000)

@@ -1,0 +1,165 @@
+"""Inference benchmark (not a test): per-model latency, ParaColorizer next to the paper's 24 ms, batched throughput,
+the app's whole compare request and its resident memory. Prints one table with the targets beside the numbers.
+
+    python benchmarks/inference.py                       # the bundled weights (or $COLORIZERS_WEIGHTS)
+    python benchmarks/inference.py --weights ROOT        # a weights root: folder or Hub repo id[@revision]
+    python benchmarks/inference.py --random-weights      # untrained default-width networks, for timing only
+
+Latency is the median of ``--repeats`` runs after ``--warmup`` runs, with CUDA synchronised around each run. A model's
+latency is the whole pipeline at 256x256 (resize, network, up-sampling, recombination) except for
+``paracolorizer (network only)``, which times ParaColorizer's networks alone, as the paper's 24 ms does.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import app  # noqa: E402  (the app's own compare request is measured)
+import colorizers  # noqa: E402
+
+PAPER_PARACOLORIZER_MS = 24.0  # ParaColorizer section V: test time per image on a GTX 1080
+COMPARE_PHOTO = ROOT / "assets" / "examples" / "boats.jpg"
+COMPARE_SIZE = (1024, 768)
+
+
+def measure(fn: Callable[[], object], device: str, warmup: int, repeats: int) -> float:
+    """Median wall-clock seconds of ``fn()`` after ``warmup`` calls, synchronising CUDA around each call."""
+    def run() -> float:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+    for _ in range(warmup):
+        run()
+    return statistics.median(run() for _ in range(repeats))
+
+
+def write_default_random_weights(root: Path) -> str:
+    torch.manual_seed(0)
+    for name in colorizers.NETWORK_NAMES:
+        colorizers.build_model(name).save_pretrained(root / name)
+    return str(root)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class Table:
+    def __init__(self):
+        self.rows: list[tuple[str, str, str, str]] = []
+
+    def add(self, what: str, device: str, value: str, target: str = "") -> None:
+        self.rows.append((what, device, value, target))
+        print(f"  {what} [{device}]: {value}", file=sys.stderr, flush=True)  # progress while it runs
+
+    def print(self) -> None:
+        header = ("measurement", "device", "result", "target / reference")
+        widths = [max(len(row[i]) for row in (header, *self.rows)) for i in range(4)]
+        for row in (header, tuple("-" * w for w in widths), *self.rows):
+            print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def bench_device(available: dict, device: str, source: str | None, args, table: Table) -> None:
+    models = available if device == "cpu" else colorizers.load_colorizers(list(available), source, device)[0]
+    l_256 = torch.rand(1, 1, 256, 256) * 100
+    for name, colorizer in models.items():
+        seconds = measure(lambda: colorizer.colorize_l(l_256), device, args.warmup, args.repeats)
+        target = f"paper: {PAPER_PARACOLORIZER_MS:g} ms on a GTX 1080" if name == "paracolorizer" else ""
+        table.add(f"{name} latency, 1 image 256x256", device, f"{seconds * 1e3:.1f} ms", target)
+    if "paracolorizer" not in models:
+        return
+    para = models["paracolorizer"].model
+    with torch.inference_mode():
+        l_dev = l_256.to(device)
+        seconds = measure(lambda: para.predict_all(l_dev), device, args.warmup, args.repeats)
+        target = f"<= 3 ms on an H100; paper: {PAPER_PARACOLORIZER_MS:g} ms" if device == "cuda" else \
+            f"paper: {PAPER_PARACOLORIZER_MS:g} ms on a GTX 1080"
+        table.add("paracolorizer (network only), 1 image", device, f"{seconds * 1e3:.1f} ms", target)
+        if device == "cuda":
+            batch = torch.rand(args.batch, 1, 256, 256, device=device) * 100
+            seconds = measure(lambda: para.predict_all(batch), device, args.warmup, args.repeats)
+            table.add(f"paracolorizer (network only), batch {args.batch}", device,
+                      f"{args.batch / seconds:.0f} images/s", "> 3000 images/s on an H100")
+
+
+def bench_compare(available: dict, settings: app.Settings, args, table: Table) -> None:
+    """The Compare button's whole request (read, colorize with every model, save PNGs and the zip) on a
+    1024x768 photo, through ``app.run_comparison``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        photo = Path(tmp) / "photo-1024x768.png"
+        Image.open(COMPARE_PHOTO).convert("L").resize(COMPARE_SIZE).save(photo)
+        def request():
+            return app.run_comparison(str(photo), list(available), available, settings, tmp)
+        seconds = measure(request, "cpu", 1, args.compare_repeats)
+        comparison, _ = request()
+    per_model = ", ".join(f"{n} {r.seconds * 1e3:.0f}" for n, r in comparison.results.items())
+    table.add(f"compare request, {len(available)} models, 1024x768 photo", settings.device,
+              f"{seconds:.2f} s", "<= 2 s on a 2-core CPU")
+    table.add("  of which colorizing (ms per model)", settings.device,
+              f"{comparison.seconds:.2f} s: {per_model}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--weights", help="weights root (default: $COLORIZERS_WEIGHTS or the bundled assets/weights)")
+    source.add_argument("--random-weights", action="store_true",
+                        help="untrained default-width networks in a temporary folder: timing only")
+    parser.add_argument("--threads", type=int, default=app.Settings().threads,
+                        help="torch CPU threads (default: the app's, the CPUs this process may use)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--compare-repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=256, help="batch size of the CUDA throughput run")
+    args = parser.parse_args(argv)
+
+    settings = app.Settings(threads=args.threads)  # otherwise the app's defaults (CPU)
+    torch.set_num_threads(settings.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = write_default_random_weights(Path(tmp)) if args.random_weights else args.weights
+        available, unavailable = colorizers.load_colorizers(source=source)
+        gc.collect()
+        rss_loaded = peak_rss_mb()
+        weights_note = ("RANDOM default-width weights (untrained): timings only, no quality meaning"
+                        if args.random_weights else f"weights: {colorizers.weights.describe_source(source)}")
+        print(f"# Inference benchmark: {weights_note}")
+        print(f"# torch {torch.__version__}, {settings.threads} CPU thread(s)"
+              + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA device"))
+        for name, reason in unavailable.items():
+            print(f"# {name} not measured: {reason}")
+        if not available:
+            print("# nothing to measure: no model has weights (use --random-weights to time untrained networks)")
+            return 1
+
+        table = Table()
+        bench_device(available, "cpu", source, args, table)
+        bench_compare(available, settings, args, table)
+        # Before any CUDA work, whose context would count too: the app's imports, its models, compare requests.
+        table.add("app peak resident memory", "cpu",
+                  f"{peak_rss_mb():.0f} MB ({rss_loaded:.0f} MB once all models were loaded)", "<= 2 GB")
+        if torch.cuda.is_available():
+            bench_device(available, "cuda", source, args, table)
+        print()
+        table.print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
