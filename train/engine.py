@@ -101,7 +101,8 @@ def resolve_recipe(config: TrainingConfig) -> Recipe:
     return dataclasses.replace(
         recipe, phases=tuple(p for p in phases if p.share > 0),
         batch_size=config.batch_size or recipe.batch_size, image_size=config.image_size or recipe.image_size,
-        min_class_examples=config.min_class_examples or recipe.min_class_examples,
+        min_class_examples=(config.min_class_examples or recipe.min_class_examples
+                            if recipe.min_class_examples is not None else None),
     )
 
 

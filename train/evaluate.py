@@ -31,7 +31,7 @@ import colorizers
 from colorizers.color import gray_to_rgb_from_l, rgb_to_l
 from colorizers.weights import describe_source
 from train import metrics
-from train.data import ImageSet, read_images
+from train.data import SPLITS, ImageSet, read_images
 
 GRAYSCALE = "grayscale"
 GROUND_TRUTH = "ground_truth"
@@ -216,29 +216,36 @@ def _lpips_backbone(parser: argparse.ArgumentParser, arg: str | None) -> Path | 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", action="append", required=True, metavar="PATH",
                    help="image folder, .tar shard or colorize256 manifest.csv (repeatable)")
-    p.add_argument("--split", choices=("train", "val"), default=None, help="manifest rows to use (manifests only)")
+    p.add_argument("--split", choices=SPLITS, default=None,
+                   help="manifest rows to use (manifests only; folders and tars are used whole)")
     p.add_argument("--weights", default=None, metavar="ROOT",
                    help=f"weights root (folder or Hub repo[@rev]); default ${colorizers.WEIGHTS_ENV} or the bundled weights")
-    p.add_argument("--models", nargs="+", choices=colorizers.MODEL_NAMES, default=list(colorizers.MODEL_NAMES))
+    p.add_argument("--models", nargs="+", choices=colorizers.MODEL_NAMES, default=list(colorizers.MODEL_NAMES),
+                   metavar="MODEL", help=f"models to evaluate (default: all of {', '.join(colorizers.MODEL_NAMES)})")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for metrics.md, metrics.csv, examples.png")
     p.add_argument("--max-images", type=int, default=None, metavar="N", help="evaluate the first N images only")
-    p.add_argument("--size", type=int, default=256, help="images are resized and centre-cropped to size x size")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--examples", type=int, default=4, metavar="K", help="rows of examples.png")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--size", type=int, default=256,
+                   help="images are resized and centre-cropped to SIZE x SIZE (default: 256, as ParaColorizer IV-C)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="B", help="images per batch (default: 16)")
+    p.add_argument("--examples", type=int, default=4, metavar="K", help="rows of examples.png; 0: no grid (default: 4)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda[:N] (default: cuda if available, else cpu)")
     p.add_argument("--lpips-backbone", default=None, metavar="FILE",
-                   help=f"AlexNet features state dict for LPIPS; default {metrics.DEFAULT_LPIPS_BACKBONE} if present, "
-                        "else LPIPS is skipped")
+                   help=f"AlexNet features state dict for LPIPS (default: {metrics.DEFAULT_LPIPS_BACKBONE} if present, "
+                        "else LPIPS is skipped)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.examples < 0 or (args.max_images is not None and args.max_images < 1):
+        parser.error("--batch-size and --max-images must be at least 1, --examples at least 0")
+    if args.size < metrics.SSIM_MIN_SIZE:
+        parser.error(f"--size must be at least {metrics.SSIM_MIN_SIZE} (the SSIM window)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available")
     lpips_backbone = _lpips_backbone(parser, args.lpips_backbone)

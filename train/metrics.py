@@ -29,6 +29,7 @@ DEFAULT_LPIPS_BACKBONE = Path(__file__).resolve().parents[2] / "shared" / "weigh
 
 SSIM_SIGMA = 1.5    # Gaussian window of Wang et al. (2004): sigma 1.5, truncated at 3.5 sigma -> 11 x 11
 SSIM_RADIUS = 5
+SSIM_MIN_SIZE = 2 * SSIM_RADIUS + 1
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 FID_INPUT_SIZE = 299
@@ -75,8 +76,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     use_sample_covariance=False)``. Images must be at least 11 x 11.
     """
     _check_pair(a, b)
-    if min(a.shape[-2:]) < 2 * SSIM_RADIUS + 1:
-        raise ValueError(f"SSIM needs images of at least {2 * SSIM_RADIUS + 1} x {2 * SSIM_RADIUS + 1}, got {tuple(a.shape[-2:])}")
+    if min(a.shape[-2:]) < SSIM_MIN_SIZE:
+        raise ValueError(f"SSIM needs images of at least {SSIM_MIN_SIZE} x {SSIM_MIN_SIZE}, got {tuple(a.shape[-2:])}")
     dtype = torch.promote_types(a.dtype, torch.float32)
     a, b = a.to(dtype), b.to(dtype)
     window = _gaussian_window(dtype, a.device)

@@ -50,7 +50,7 @@ def letterbox(image: np.ndarray, size: int = INPUT_SIZE) -> tuple[np.ndarray, fl
     h, w = image.shape[:2]
     ratio = min(size / h, size / w)
     new_h, new_w = int(round(h * ratio)), int(round(w * ratio))
-    resized = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float(), size=(new_h, new_w),
+    resized = F.interpolate(torch.tensor(image).permute(2, 0, 1)[None].float(), size=(new_h, new_w),
                             mode="bilinear", align_corners=False, antialias=True)[0]
     canvas = torch.full((3, size, size), float(PAD_VALUE))
     canvas[:, :new_h, :new_w] = resized.round().clamp(0, 255)

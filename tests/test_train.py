@@ -1,0 +1,263 @@
+"""Training on CPU: every network learns on a tiny generated image set and exports weights the app loads;
+resume, --init, the CLI and the object-proposal tools."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SMALL_CONFIGS
+from PIL import Image
+from skimage import data as skdata
+
+import colorizers
+from train.__main__ import main
+from train.data import read_images
+from train.engine import (CHECKPOINT, CURVES_PNG, LOSSES_CSV, TRAINING_CONFIG, TrainingConfig, class_indices,
+                          frequent_classes, read_loss_log, train)
+from train.losses import IGNORE_LABEL
+from train.proposals import Detector, Detections, decode, grid_and_strides, propose, read_proposal_crops, square_crop_box
+
+SIZE = 32  # every fully convolutional network works at 32x32 (cnn_classifier is fixed at 224)
+PHOTOS = [skdata.astronaut, skdata.coffee, skdata.chelsea, skdata.rocket]
+ROWS = [("cat", "object"), ("cat", "mixed"), ("cup", "object"), ("cup", "scene")]  # label, kind per photo
+OVERFIT_STEPS = 16
+PRETRAIN_STEPS = 8  # pretrain_share 0.5 below
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tensors here are tiny: one intra-op thread is as fast, and much faster on a shared, busy CPU where
+    OpenMP threads wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def mini_set(tmp_path_factory) -> Path:
+    """Four scikit-image photos at 64x64 as a folder, and as a colorize256-style tar + manifest."""
+    root = tmp_path_factory.mktemp("mini")
+    (root / "folder").mkdir()
+    with tarfile.open(root / "train-00.tar", "w") as tar:
+        for i, photo in enumerate(PHOTOS):
+            image = Image.fromarray(photo()).convert("RGB").resize((64, 64), Image.BICUBIC)
+            image.save(root / "folder" / f"{i}.png")
+            buf = io.BytesIO()
+            image.save(buf, "WEBP", lossless=True)
+            info = tarfile.TarInfo(f"train/{i:05d}.webp")
+            info.size = buf.tell()
+            tar.addfile(info, io.BytesIO(buf.getvalue()))
+    with open(root / "manifest.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "split", "shard", "source", "label", "kind", "orig_w", "orig_h", "chroma"])
+        for i, (label, kind) in enumerate(ROWS):
+            writer.writerow([f"train/{i:05d}.webp", "train", "train-00.tar", "skimage", label, kind, 64, 64, 30])
+    return root
+
+
+def small_run(network: str, data: list[str], out: Path, **overrides) -> TrainingConfig:
+    """A CPU run at small width and size, logging every step (cnn_classifier, fixed at 224x224, at width 4
+    to stay cheap; its classes come from the data). Learning rates above the recipes' let a few
+    steps show the loss falling (DenseFuse's decoder, with no output activation, needs the most)."""
+    classifier = network == "cnn_classifier"
+    settings = dict(
+        steps=OVERFIT_STEPS, batch_size=4, image_size=224 if classifier else SIZE,
+        lr=3e-3 if network == "paracolorizer_fusion" else 1e-3,
+        model_config={"width": 4} if classifier else SMALL_CONFIGS[network],
+        discriminator_config={"ndf": 8}, pretrain_share=0.5, min_class_examples=2, log_every=1, device="cpu",
+        num_threads=1,
+    )
+    settings.update(overrides)
+    return TrainingConfig(network, data, str(out), **settings)
+
+
+@pytest.fixture(scope="module")
+def proposals_file(mini_set, tmp_path_factory) -> Path:
+    """A proposals .npz made by ``propose`` with a stand-in detector (one box per image)."""
+    class OneBox:
+        def detect(self, image):
+            return Detections(np.array([[8, 16, 40, 48]], np.float32), np.array([0.9], np.float32), np.array([0]))
+
+    images = read_images([str(mini_set / "folder")], size=64)
+    path = tmp_path_factory.mktemp("proposals") / "proposals.npz"
+    np.savez(path, **propose(images, OneBox(), size=64, max_per_image=1, min_size=8))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(mini_set, proposals_file, tmp_path_factory) -> Path:
+    """All six networks trained into one weights root, from the manifest (labels, kinds) and the proposals."""
+    root = tmp_path_factory.mktemp("weights")
+    for network in colorizers.NETWORK_NAMES:
+        extra = {"paracolorizer_fg": {"proposals": str(proposals_file)},
+                 # every kind, for two classes of two images; CE at full weight so a few steps show it fall
+                 "cnn_classifier": {"kinds": ["object", "mixed", "scene"], "loss_weights": {"ce": 1.0}}}.get(network, {})
+        train(small_run(network, [str(mini_set / "manifest.csv")], root, **extra))
+    return root
+
+
+@pytest.mark.parametrize("network", colorizers.NETWORK_NAMES)
+def test_loss_falls_when_overfitting_a_few_images(trained, network):
+    rows = [r for r in read_loss_log(trained / network / LOSSES_CSV) if r["phase"] != "val"]
+    assert [int(r["step"]) for r in rows] == list(range(1, OVERFIT_STEPS + 1))
+    term = "g_total" if network == "paracolorizer_fusion" else "g_l1"  # l1 runs through both GAN phases
+    losses = [float(r[term]) for r in rows]
+    first, last = np.mean(losses[:3]), np.mean(losses[-3:])
+    assert last < 0.8 * first, f"{network}: {term} went from {first:.4f} to {last:.4f}"
+    if network in ("attention_ugan", "paracolorizer_fg", "paracolorizer_bg"):
+        assert [r["phase"] for r in rows] == ["pretrain"] * PRETRAIN_STEPS + ["adversarial"] * PRETRAIN_STEPS
+        assert all(r["d_real"] and r["d_fake"] for r in rows[PRETRAIN_STEPS:]) and not rows[0]["d_real"]
+    for name in ("config.json", "model.safetensors", TRAINING_CONFIG, CHECKPOINT, CURVES_PNG):
+        assert (trained / network / name).is_file()
+
+
+@pytest.mark.parametrize("model", colorizers.MODEL_NAMES)
+def test_exported_weights_load_and_colorize(trained, model):
+    colorizer = colorizers.load_colorizer(model, source=trained)
+    out = colorizer.colorize(Image.fromarray(skdata.coffee()).convert("L").resize((48, 40)))
+    assert out.size == (48, 40) and out.mode == "RGB"
+
+
+def test_classifier_learns_the_frequent_classes_and_stores_them(trained):
+    config = json.loads((trained / "cnn_classifier" / "config.json").read_text())
+    assert config["class_names"] == ["cat", "cup"] and config["num_classes"] == 2
+    rows = read_loss_log(trained / "cnn_classifier" / LOSSES_CSV)
+    assert np.mean([float(r["g_ce"]) for r in rows[-3:]]) < np.mean([float(r["g_ce"]) for r in rows[:3]])
+
+
+def test_rare_and_unknown_classes_are_left_out_of_the_classifier():
+    labels = ["cat", None, "cat", "cup", "dog", "dog"]
+    classes = frequent_classes(labels, min_examples=2)
+    assert classes == ["cat", "dog"]
+    assert class_indices(labels, classes).tolist() == [0, IGNORE_LABEL, 0, IGNORE_LABEL, 1, 1]
+
+
+def test_foreground_trains_on_images_and_crops_background_on_scenes_too(trained):
+    fg = json.loads((trained / "paracolorizer_fg" / TRAINING_CONFIG).read_text())
+    bg = json.loads((trained / "paracolorizer_bg" / TRAINING_CONFIG).read_text())
+    assert fg["num_images"] == 3 + 4  # object + mixed photos, plus one crop per photo
+    assert bg["num_images"] == 4      # every kind, scenes included
+
+
+def test_resume_continues_from_the_saved_step_exactly(mini_set, tmp_path):
+    data = [str(mini_set / "folder")]
+    straight = train(small_run("cnn", data, tmp_path / "straight", steps=6))
+    train(small_run("cnn", data, tmp_path / "split", steps=3))
+    resumed = train(small_run("cnn", data, tmp_path / "split", steps=6, resume=True))
+    assert json.loads((resumed / TRAINING_CONFIG).read_text())["resumed_from_step"] == 3
+    assert [int(r["step"]) for r in read_loss_log(resumed / LOSSES_CSV)] == [1, 2, 3, 4, 5, 6]
+    assert torch.load(resumed / CHECKPOINT, weights_only=False)["step"] == 6
+    a = colorizers.load_network("cnn", straight.parent).state_dict()
+    b = colorizers.load_network("cnn", resumed.parent).state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=f"resumed run differs in {key}")
+
+
+def test_resume_of_a_gan_restores_the_discriminator_phase(mini_set, tmp_path):
+    data = [str(mini_set / "folder")]
+    train(small_run("attention_ugan", data, tmp_path, steps=4))
+    d_before = torch.load(tmp_path / "attention_ugan" / CHECKPOINT, weights_only=False)["discriminator"]
+    train(small_run("attention_ugan", data, tmp_path, steps=6, resume=True, pretrain_share=0.25))
+    state = torch.load(tmp_path / "attention_ugan" / CHECKPOINT, weights_only=False)
+    assert state["step"] == 6 and state["phase"] == "adversarial"
+    rows = read_loss_log(tmp_path / "attention_ugan" / LOSSES_CSV)
+    assert [r["phase"] for r in rows] == ["pretrain", "pretrain", "adversarial", "adversarial", "adversarial", "adversarial"]
+    key = "model.0.weight"
+    assert not torch.equal(d_before[key], state["discriminator"][key])  # it went on training the same D
+
+
+def test_resume_without_checkpoint_is_a_clear_error(mini_set, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(small_run("cnn", [str(mini_set / "folder")], tmp_path, resume=True))
+
+
+def test_init_fine_tunes_a_trained_generator_without_pretraining(mini_set, trained, tmp_path):
+    out = train(small_run("attention_ugan", [str(mini_set / "folder")], tmp_path, steps=2, model_config={},
+                          init=str(trained)))
+    assert [r["phase"] for r in read_loss_log(out / LOSSES_CSV)] == ["adversarial", "adversarial"]
+    config = json.loads((out / "config.json").read_text())
+    assert config == json.loads((trained / "attention_ugan" / "config.json").read_text())
+
+
+def test_cli_trains_with_validation_and_reports_errors(mini_set, tmp_path, capsys):
+    args = ["paracolorizer_fusion", "--data", str(mini_set / "folder"), "--out", str(tmp_path), "--steps", "2",
+            "--size", "32", "--config", "width=4", "--batch-size", "2", "--val-data", str(mini_set / "folder"),
+            "--loss-weight", "ssim=10", "--log-every", "1", "--threads", "1"]
+    main(args)
+    rows = read_loss_log(tmp_path / "paracolorizer_fusion" / LOSSES_CSV)
+    assert [r["phase"] for r in rows] == ["train", "train", "val"] and float(rows[-1]["val_ssim"]) > 0
+    saved = json.loads((tmp_path / "paracolorizer_fusion" / TRAINING_CONFIG).read_text())
+    assert saved["recipe"]["phases"][0]["losses"] == {"mse": 1.0, "ssim": 10}
+    assert saved["model_config"]["width"] == 4
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["cnn", "--data", str(tmp_path / "missing"), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no loss term"):
+        main(["cnn", "--data", str(mini_set / "folder"), "--out", str(tmp_path), "--loss-weight", "edge=1"])
+    with pytest.raises(SystemExit):
+        main(["transformer", "--data", str(mini_set / "folder"), "--out", str(tmp_path)])
+    assert "invalid choice: 'transformer'" in capsys.readouterr().err
+
+
+def test_classifier_without_labels_is_a_clear_error(mini_set, tmp_path):
+    with pytest.raises(ValueError, match="needs labelled images"):
+        train(small_run("cnn_classifier", [str(mini_set / "folder")], tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Object proposals
+
+def test_decode_thresholds_scales_and_suppresses_per_class():
+    grid, stride = grid_and_strides()
+    output = np.zeros((len(grid), 85), np.float32)
+
+    def put(row, cx_offset, log_w, objectness, cls, prob):
+        output[row, :4] = [cx_offset, cx_offset, log_w, log_w]
+        output[row, 4] = objectness
+        output[row, 5 + cls] = prob
+
+    first = 5 * 52 + 10  # stride-8 cell x=10, y=5
+    put(first, 0.5, np.log(4.0), 0.9, 3, 0.8)         # box centred (84, 44), 32 x 32, score 0.72
+    put(first + 1, 0.5, np.log(4.0), 0.9, 3, 0.5)     # same class, 8 px right: suppressed by NMS
+    put(first + 52, 0.5, np.log(4.0), 0.9, 7, 0.6)    # other class, 8 px down: kept
+    put(2704 + 3, 0.0, 0.0, 0.2, 1, 0.9)              # score 0.18: below the threshold
+    found = decode(output, score_threshold=0.3, nms_threshold=0.45)
+    assert found.classes.tolist() == [3, 7]
+    np.testing.assert_allclose(found.scores, [0.72, 0.54], rtol=1e-6)
+    np.testing.assert_allclose(found.boxes[0], [68, 28, 100, 60])
+    np.testing.assert_allclose(found.boxes[1], [68, 36, 100, 68])
+
+
+def test_square_crop_box_keeps_aspect_inside_the_image():
+    assert square_crop_box(np.array([10, 20, 30, 60]), 100, 100) == (0, 20, 40, 60)
+    assert square_crop_box(np.array([80, 0, 100, 10]), 100, 50) == (80, 0, 100, 20)
+    assert square_crop_box(np.array([0, 0, 100, 40]), 100, 50) == (25, 0, 75, 50)
+
+
+def test_propose_cuts_the_detected_region(proposals_file):
+    crops = read_proposal_crops(str(proposals_file), size=64)
+    assert crops.images.shape == (4, 3, 64, 64) and crops.kinds == ["proposal"] * 4
+    with np.load(proposals_file) as archive:
+        assert archive["crop_boxes"].tolist() == [[8, 16, 40, 48]] * 4
+        assert archive["image_names"].tolist() == ["0.png", "1.png", "2.png", "3.png"]
+    photo = np.asarray(Image.fromarray(PHOTOS[0]()).convert("RGB").resize((64, 64), Image.BICUBIC)).astype(float)
+    region = photo[16:48, 8:40].mean((0, 1))
+    assert np.abs(crops.images[0].float().mean((1, 2)).numpy() - region).max() < 3
+
+
+def test_real_detector_runs_on_a_letterboxed_image():
+    detector_path = Path("/work/shared/weights/yolox_nano.onnx")
+    if not detector_path.is_file():
+        pytest.skip("the YOLOX-nano ONNX file is not on this machine")
+    detector = Detector(str(detector_path))
+    image = np.asarray(Image.fromarray(skdata.astronaut()).resize((150, 100)))
+    output, ratio = detector.raw_output(image)
+    assert output.shape == (3549, 85) and ratio == pytest.approx(416 / 150)
+    found = detector.detect(image)
+    assert ((found.boxes >= 0) & (found.boxes <= [150, 100, 150, 100])).all()
