@@ -24,8 +24,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m colorizers", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
-    parser.add_argument("--model", action="append", required=True, choices=(*MODEL_NAMES, "all"),
-                        help="a model to run; repeat for several, or 'all'")
+    parser.add_argument("--model", action="append", required=True, choices=(*MODEL_NAMES, "all"), metavar="NAME",
+                        help=f"a model to run ({', '.join(MODEL_NAMES)}); repeat for several, or 'all'")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--weights", help=f"weights root: a folder or a Hub repo id[@revision] "
                                           f"(default: ${WEIGHTS_ENV} or the bundled assets/weights)")
