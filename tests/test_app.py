@@ -182,7 +182,15 @@ def test_compare_gives_one_result_per_selected_model_and_a_zip_of_them(all_model
 def test_shared_paracolorizer_pass_gives_what_each_model_gives_alone(all_models, photo):
     """fg, bg and ParaColorizer come from one predict_all pass in a comparison; each must equal its own run."""
     family = {name: all_models[name] for name in app.PARACOLORIZER_OUTPUTS}
-    comparison = app.colorize_models(photo, family)
+    calls = []
+    hooks = [all_models[name].model.register_forward_hook(lambda *_, name=name: calls.append(name))
+             for name in app.PARACOLORIZER_GENERATORS]
+    try:
+        comparison = app.colorize_models(photo, family)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert sorted(calls) == ["paracolorizer_bg", "paracolorizer_fg"]  # each generator ran once
     for name, colorizer in family.items():
         alone = np.asarray(colorizer.colorize(photo), dtype=int)
         assert np.abs(np.asarray(comparison.results[name].image, dtype=int) - alone).max() <= 1, name
