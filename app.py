@@ -284,17 +284,16 @@ def _upload_path(upload) -> str | None:
 
 def model_status(available: dict, unavailable: dict[str, str]) -> str:
     """Markdown listing every model: ready, or unavailable with the reason."""
-    lines = [f"**Models** (weights: `{colorizers.default_source()}`)", ""]
+    lines = [] if available else [
+        "**No model can run yet: no trained weights were found.** Train the models with `python -m train`, or "
+        "point `COLORIZERS_WEIGHTS` at a weights folder or Hugging Face repo, then restart the app.", ""]
+    lines += [f"**Models** (weights: `{colorizers.default_source()}`)", ""]
     for name in colorizers.MODEL_NAMES:
         title = colorizers.MODEL_TITLES[name]
         if name in available:
             lines.append(f"- {title}: ready")
         elif name in unavailable:
-            lines.append(f"- {title}: **unavailable**. {unavailable[name]}")
-    if not available:
-        lines += ["", "**No model can run yet: no trained weights were found.** Train the models with "
-                      "`python -m train`, or point `COLORIZERS_WEIGHTS` at a weights folder or Hugging Face repo, "
-                      "then restart the app."]
+            lines.append(f"- {title}: **unavailable**: {unavailable[name]}")
     return "\n".join(lines)
 
 
