@@ -42,8 +42,7 @@ def comma_list(text: str) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> TrainingConfig:
-    p = argparse.ArgumentParser(prog="python -m train", description="Train one colorization network.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m train", description="Train one colorization network.")
     p.add_argument("network", choices=NETWORK_NAMES)
     p.add_argument("--data", action="append", required=True, metavar="PATH",
                    help="image folder, tar shard or colorize256 manifest.csv (repeatable)")
@@ -51,21 +50,21 @@ def parse_args(argv: list[str] | None = None) -> TrainingConfig:
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="optimisation steps in all (default: the recipe's epochs)")
     length.add_argument("--epochs", type=float, help="passes over the training images")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue from ROOT/NETWORK/checkpoint.pt")
     p.add_argument("--init", metavar="ROOT", help="start from the trained ROOT/NETWORK (skips GAN pre-training)")
 
     g = p.add_argument_group("data")
-    g.add_argument("--split", default="train", help="manifest split to train on")
+    g.add_argument("--split", default="train", help="manifest split to train on (default: %(default)s)")
     g.add_argument("--kind", dest="kinds", type=comma_list, help="manifest kinds, e.g. object,mixed (default: the recipe's)")
     g.add_argument("--max-images", type=int)
     g.add_argument("--val-data", action="append", default=[], metavar="PATH",
                    help="held-out images (a manifest's val split) for validation losses")
-    g.add_argument("--max-val-images", type=int, default=512)
+    g.add_argument("--max-val-images", type=int, default=512, help="(default: %(default)s)")
     g.add_argument("--proposals", metavar="FILE", help="object-proposal crops (.npz of train.proposals), paracolorizer_fg")
     g.add_argument("--min-class-examples", type=int, help="cnn_classifier: rarer classes are ignored (recipe: 30)")
     g.add_argument("--threads", dest="num_threads", type=int, default=os.cpu_count() or 1,
-                   help="image decoding threads")
+                   help="image decoding threads (default: %(default)s)")
 
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--config", dest="model_config", action="append", type=key_value, default=[], metavar="KEY=VALUE",
@@ -79,11 +78,11 @@ def parse_args(argv: list[str] | None = None) -> TrainingConfig:
     g.add_argument("--loss-weight", dest="loss_weights", action="append", type=key_value, default=[],
                    metavar="TERM=WEIGHT", help="override a loss term's weight, e.g. ssim=10")
     g.add_argument("--pretrain-share", type=float, help="share of the steps that pre-train a GAN's generator")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     g.add_argument("--compile", action="store_true", help="torch.compile the networks")
     g.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
-    g.add_argument("--log-every", type=int, default=10)
-    g.add_argument("--checkpoint-every", type=int, default=1000)
+    g.add_argument("--log-every", type=int, default=10, help="steps per losses.csv row (default: %(default)s)")
+    g.add_argument("--checkpoint-every", type=int, default=1000, help="(default: %(default)s)")
     g.add_argument("--val-every", type=int, help="default: every checkpoint")
 
     args = vars(p.parse_args(argv))

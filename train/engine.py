@@ -119,11 +119,17 @@ def phase_schedule(phases: tuple[Phase, ...], total_steps: int) -> list[tuple[Ph
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device to train on; on CUDA also TF32 for the float32 ops left outside autocast (colour
+    conversion, losses) and cuDNN autotuning (every batch has the same shape)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     return device
 
 
@@ -196,7 +202,9 @@ class InMemoryBatches:
         self.position += self.batch_size
         flip = torch.rand(len(index), generator=self.generator) < 0.5
         index, flip = index.to(self.images.device), flip.to(self.device)
-        rgb = self.images[index].to(self.device, non_blocking=True)
+        rgb = self.images[index]
+        if rgb.device != self.device:  # a host-resident set: from pinned memory the copy runs asynchronously
+            rgb = rgb.pin_memory().to(self.device, non_blocking=True)
         rgb = torch.where(flip[:, None, None, None], rgb.flip(-1), rgb).float().div_(255.0)
         return rgb, self.labels[index].to(self.device, non_blocking=True)
 
@@ -592,7 +600,7 @@ def train(config: TrainingConfig) -> Path:
                 save_checkpoint(out_dir / CHECKPOINT, trainer, batches, step, config, d_config)
                 export(trainer, out_dir)
     progress.close()
-    if step > start or checkpoint is None:
+    if step > start:  # (a resumed run already at its last step has nothing new to save)
         if validation is not None and step % val_every != 0:
             log.append(step, "val", trainer.evaluate(*validation, recipe.batch_size))
         save_checkpoint(out_dir / CHECKPOINT, trainer, batches, step, config, d_config)
