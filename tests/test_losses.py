@@ -8,7 +8,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from train.losses import IGNORE_LABEL, EdgeLoss, GANLoss, SSIMLoss, masked_cross_entropy, ssim
+from train.losses import IGNORE_LABEL, EdgeLoss, GANLoss, SSIMLoss, masked_cross_entropy
 
 
 def smooth_image(seed: int = 0, size: int = 32) -> torch.Tensor:
@@ -55,13 +55,15 @@ def test_edge_loss_is_zero_for_identical_images_and_positive_otherwise():
     assert prediction.grad.abs().sum() > 0  # differentiable, unlike Canny
 
 
-def test_ssim_matches_scikit_image_and_loss_of_identical_images_is_zero():
+def test_ssim_loss_is_one_minus_scikit_image_ssim_and_zero_for_identical_images():
     x, y = smooth_image(0), (smooth_image(1) * 0.8 + 0.1)
     expected = structural_similarity(x[0].numpy(), y[0].numpy(), channel_axis=0, data_range=1.0,
                                      gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
-    assert ssim(x, y).item() == pytest.approx(expected, abs=1e-4)
+    assert SSIMLoss()(x, y).item() == pytest.approx(1.0 - expected, abs=1e-4)
     assert SSIMLoss()(x, x.clone()).item() == pytest.approx(0.0, abs=1e-6)
-    assert SSIMLoss()(x, y).item() > 0.01
+    prediction = y.clone().requires_grad_(True)
+    SSIMLoss()(prediction, x).backward()
+    assert prediction.grad.abs().sum() > 0
 
 
 def test_masked_cross_entropy_ignores_unlabelled_images():

@@ -200,6 +200,8 @@ def test_cli_trains_with_validation_and_reports_errors(mini_set, tmp_path, capsy
         main(["cnn", "--data", str(tmp_path / "missing"), "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="no loss term"):
         main(["cnn", "--data", str(mini_set / "folder"), "--out", str(tmp_path), "--loss-weight", "edge=1"])
+    with pytest.raises(SystemExit, match="224x224 images only"):
+        main(["cnn_classifier", "--data", str(mini_set / "folder"), "--out", str(tmp_path), "--size", "64"])
     with pytest.raises(SystemExit):
         main(["transformer", "--data", str(mini_set / "folder"), "--out", str(tmp_path)])
     assert "invalid choice: 'transformer'" in capsys.readouterr().err

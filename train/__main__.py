@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
     try:
         out_dir = train(config)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
         sys.exit(f"error: {err}")
     print(f"wrote {out_dir}")
 

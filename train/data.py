@@ -47,11 +47,6 @@ class ImageSet:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def subset(self, indices) -> ImageSet:
-        indices = [int(i) for i in indices]
-        return ImageSet(self.images[indices], [self.labels[i] for i in indices],
-                        [self.kinds[i] for i in indices], [self.names[i] for i in indices])
-
     @staticmethod
     def concat(sets: list[ImageSet]) -> ImageSet:
         if not sets:

@@ -86,6 +86,13 @@ def resolve_recipe(config: TrainingConfig) -> Recipe:
     if unknown:
         raise ValueError(f"{config.network} has no loss term(s) {', '.join(unknown)}; "
                          f"its terms are {', '.join(recipe.loss_terms)}")
+    if config.pretrain_share is not None and not 0.0 <= config.pretrain_share <= 1.0:
+        raise ValueError(f"--pretrain-share must be in [0, 1], got {config.pretrain_share}")
+    image_size = config.image_size or recipe.image_size
+    if image_size != recipe.image_size and not recipe.resizable:
+        raise ValueError(f"{config.network} takes {recipe.image_size}x{recipe.image_size} images only")
+    if image_size % 32:
+        raise ValueError(f"image size must be a multiple of 32 (the networks down-sample by up to 32), got {image_size}")
     phases = []
     for phase in recipe.phases:
         losses = {term: config.loss_weights.get(term, w) for term, w in phase.losses.items()}
@@ -100,7 +107,7 @@ def resolve_recipe(config: TrainingConfig) -> Recipe:
                                           discriminator_optimizer=d_optimizer, share=share))
     return dataclasses.replace(
         recipe, phases=tuple(p for p in phases if p.share > 0),
-        batch_size=config.batch_size or recipe.batch_size, image_size=config.image_size or recipe.image_size,
+        batch_size=config.batch_size or recipe.batch_size, image_size=image_size,
         min_class_examples=(config.min_class_examples or recipe.min_class_examples
                             if recipe.min_class_examples is not None else None),
     )

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .metrics import ssim
+
 IGNORE_LABEL = -100  # class index of images whose label is unknown or too rare to learn (no CE term)
 
 
@@ -88,39 +90,16 @@ class EdgeLoss(nn.Module):
         return F.l1_loss(sobel_magnitude(prediction_rgb), sobel_magnitude(target_rgb))
 
 
-def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    g = torch.exp(-x * x / (2 * sigma * sigma))
-    return g / g.sum()
-
-
-def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Mean SSIM (Wang et al. 2004) of two (B, C, H, W) images, per channel with a gaussian window (11, 1.5),
-    K1 = 0.01, K2 = 0.03, over the valid region (no padding), as scikit-image's ``gaussian_weights=True``."""
-    x, y = x.float(), y.float()
-    c = x.shape[1]
-    g = gaussian_window(window, sigma).to(x.device)
-    kernel_h = g.view(1, 1, 1, -1).expand(c, 1, 1, window)
-    kernel_v = g.view(1, 1, -1, 1).expand(c, 1, window, 1)
-
-    def blur(t: torch.Tensor) -> torch.Tensor:  # separable gaussian, one group per channel
-        return F.conv2d(F.conv2d(t, kernel_h, groups=c), kernel_v, groups=c)
-
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x ** 2
-    var_y = blur(y * y) - mu_y ** 2
-    cov = blur(x * y) - mu_x * mu_y
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
-    return ssim_map.mean()
-
-
 class SSIMLoss(nn.Module):
-    """1 - SSIM, DenseFuse's L_ssim (Li & Wu 2019, eq. 2), for images in [0, ``data_range``]."""
+    """1 - SSIM, DenseFuse's L_ssim (Li & Wu 2019, eq. 2), for RGB images in [0, ``data_range``].
+
+    The SSIM is the evaluation's own (``metrics.ssim``: gaussian window 11 / sigma 1.5, as scikit-image), so
+    the fusion network is trained on the quantity its table reports; it is plain torch and differentiable.
+    """
 
     def __init__(self, data_range: float = 1.0):
         super().__init__()
         self.data_range = data_range
 
     def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return 1.0 - ssim(prediction, target, self.data_range)
+        return 1.0 - ssim(prediction.float(), target.float(), self.data_range).mean()

@@ -52,6 +52,7 @@ class Recipe:
     paper: str                       # the section the recipe follows
     phases: tuple[Phase, ...]
     image_size: int = 256
+    resizable: bool = True           # False: the network takes ``image_size`` only (cnn_classifier)
     input: str = "l"                 # "l": L -> ab colorization; "rgb": RGB auto-encoder (DenseFuse)
     batch_size: int = 32
     epochs: int = 100
@@ -91,7 +92,7 @@ RECIPES: dict[str, Recipe] = {
     "cnn_classifier": Recipe(
         network="cnn_classifier", paper="DTU report 3.2",
         phases=(Phase("train", {"l1": 1.0, "ce": 1.0 / 300.0}, Adam(5e-5)),),
-        image_size=224, epochs=110, min_class_examples=30,  # 110: the report's best epoch of 200
+        image_size=224, resizable=False, epochs=110, min_class_examples=30,  # 110: the report's best epoch of 200
     ),
     # DTU 3.3.2-3.3.3: conditional PatchGAN with the vanilla (BCE) loss, eq. 6, generator loss cGAN fake
     # loss + lambda * L1 (eq. 8, lambda = 100 as pix2pix), discriminator at a "quite small" learning rate.
