@@ -178,7 +178,10 @@ class FIDMetric:
             x = chunk.float().to(self.device).clamp(0, 1)
             x = F.interpolate(x, size=(FID_INPUT_SIZE, FID_INPUT_SIZE), mode="bilinear", align_corners=False)
             out.append(self.model(2.0 * x - 1.0).reshape(len(x), -1).double().cpu())
-        return torch.cat(out).numpy()
+        features = torch.cat(out).numpy()
+        if features.shape[1] != FID_FEATURE_DIM:
+            raise RuntimeError(f"{fid_inception_path()} gave {features.shape[1]}-d features, not the pool3 {FID_FEATURE_DIM}")
+        return features
 
 
 def _feature_matrix(features: np.ndarray) -> np.ndarray:
