@@ -29,6 +29,7 @@ import colorizers
 from colorizers import Colorizer, ParaColorizer, image_to_tensor, tensor_to_image
 from colorizers.color import gray_to_rgb_from_l, rgb_to_l
 from colorizers.pipeline import predict_full_resolution_ab, recombine
+from colorizers.weights import describe_source
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "examples"
 READABLE_FORMATS = "JPEG, PNG, WebP, TIFF, BMP or GIF"
@@ -73,6 +74,7 @@ class Settings:
     concurrency: int = 1          # COLORIZERS_CONCURRENCY: colorization requests running at once
     threads: int = field(default_factory=_usable_cpus)  # COLORIZERS_THREADS: torch CPU threads per request
     device: str = "cpu"           # COLORIZERS_DEVICE: cpu or cuda (default cuda when there is one)
+    weights: str | None = None    # weights root; None: colorizers' default ($COLORIZERS_WEIGHTS or the bundled)
 
     @classmethod
     def from_env(cls, environ=os.environ) -> Settings:
@@ -282,12 +284,12 @@ def _upload_path(upload) -> str | None:
     return upload.get("path") if isinstance(upload, dict) else upload
 
 
-def model_status(available: dict, unavailable: dict[str, str]) -> str:
+def model_status(available: dict, unavailable: dict[str, str], weights: str | None) -> str:
     """Markdown listing every model: ready, or unavailable with the reason."""
     lines = [] if available else [
         "**No model can run yet: no trained weights were found.** Train the models with `python -m train`, or "
         "point `COLORIZERS_WEIGHTS` at a weights folder or Hugging Face repo, then restart the app.", ""]
-    lines += [f"**Models** (weights: `{colorizers.default_source()}`)", ""]
+    lines += [f"**Models** (weights: `{describe_source(weights)}`)", ""]
     for name in colorizers.MODEL_NAMES:
         title = colorizers.MODEL_TITLES[name]
         if name in available:
@@ -325,7 +327,7 @@ def build_demo(available: dict[str, Colorizer], unavailable: dict[str, str], set
             "lightness and size exactly and only adds colour (a colour photo works too: only its lightness is used)."
         )
         with gr.Tab("Compare"):
-            gr.Markdown(model_status(available, unavailable), elem_id="model-status")
+            gr.Markdown(model_status(available, unavailable, settings.weights), elem_id="model-status")
             with gr.Row():
                 with gr.Column(scale=2):
                     photo = gr.Image(label="Black-and-white photo", type="filepath", image_mode=None,
@@ -399,7 +401,7 @@ def build_demo(available: dict[str, Colorizer], unavailable: dict[str, str], set
 def main() -> None:
     settings = Settings.from_env()
     torch.set_num_threads(settings.threads)
-    available, unavailable = colorizers.load_colorizers(device=settings.device)
+    available, unavailable = colorizers.load_colorizers(source=settings.weights, device=settings.device)
     build_demo(available, unavailable, settings).launch(max_file_size=MAX_UPLOAD)
 
 

@@ -51,13 +51,13 @@ def study_off(tmp_path_factory):
 def partial_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("partial-weights")
     write_random_weights(root, [n for n in colorizers.NETWORK_NAMES if n != "paracolorizer_bg"])
-    return colorizers.load_colorizers(source=str(root))
+    return str(root), *colorizers.load_colorizers(source=str(root))
 
 
 @pytest.fixture(scope="module")
 def server(study_off, partial_models):
-    available, unavailable = partial_models
-    demo = app.build_demo(available, unavailable, app.Settings(max_pixels=MAX_PIXELS, threads=1))
+    root, available, unavailable = partial_models
+    demo = app.build_demo(available, unavailable, app.Settings(max_pixels=MAX_PIXELS, weights=root))
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
     try:
         yield demo, Client(url, verbose=False)
@@ -118,10 +118,11 @@ def test_colorize_endpoint_returns_the_photo_size_with_its_lightness(server, pho
     assert chroma.std(axis=2).mean() > 1.0  # colour was added (random weights still predict some a,b)
 
 
-def test_missing_weights_are_listed_with_the_reason_and_the_others_still_work(server, photo_file):
+def test_missing_weights_are_listed_with_the_reason_and_the_others_still_work(server, partial_models, photo_file):
     demo, client = server
     status = next(c["props"]["value"] for c in demo.config["components"]
                   if c["props"].get("elem_id") == "model-status")
+    assert f"(weights: `{partial_models[0]}`)" in status
     for name in colorizers.MODEL_NAMES:
         line = next(line for line in status.splitlines() if colorizers.MODEL_TITLES[name] in line)
         if name in MISSING:
@@ -179,7 +180,7 @@ def test_compare_gives_one_result_per_selected_model_and_a_zip_of_them(all_model
     assert "foreground and background generators run once" in app._summary(comparison)
 
 
-def test_shared_paracolorizer_pass_gives_what_each_model_gives_alone(all_models, photo):
+def test_shared_paracolorizer_pass_runs_each_generator_once_and_matches_each_model_alone(all_models, photo):
     """fg, bg and ParaColorizer come from one predict_all pass in a comparison; each must equal its own run."""
     family = {name: all_models[name] for name in app.PARACOLORIZER_OUTPUTS}
     calls = []
@@ -210,7 +211,7 @@ def test_settings_from_env_rejects_nonsense():
 def test_app_starts_and_explains_when_no_weights_exist(study_off, tmp_path):
     available, unavailable = colorizers.load_colorizers(source=str(tmp_path))
     assert not available and set(unavailable) == set(colorizers.MODEL_NAMES)
-    demo = app.build_demo(available, unavailable, app.Settings())
+    demo = app.build_demo(available, unavailable, app.Settings(weights=str(tmp_path)))
     status = next(c["props"]["value"] for c in demo.config["components"]
                   if c["props"].get("elem_id") == "model-status")
     assert "No model can run yet" in status and status.count("**unavailable**") == 6

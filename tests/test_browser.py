@@ -22,7 +22,7 @@ pytestmark = pytest.mark.browser
 @pytest.fixture(scope="module")
 def app_url(study_off, random_weights_root):
     available, unavailable = colorizers.load_colorizers(source=random_weights_root)
-    demo = app.build_demo(available, unavailable, app.Settings(threads=1))
+    demo = app.build_demo(available, unavailable, app.Settings(weights=random_weights_root))
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
     try:
         yield url
