@@ -37,9 +37,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def study_off(tmp_path_factory):
-    """Point the realism study at an empty photo folder: its tabs then say it is not set up, instead of
-    colouring photos in the background while these tests run."""
+def app_env(tmp_path_factory):
+    """No analytics calls, and the realism study pointed at an empty photo folder: its tabs then say it is not set
+    up, instead of colouring photos in the background while these tests run."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("STUDY_PHOTOS", str(tmp_path_factory.mktemp("no-study-photos")))
         mp.setenv("STUDY_DATA_DIR", str(tmp_path_factory.mktemp("study-data")))
@@ -55,7 +55,7 @@ def partial_models(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(study_off, partial_models):
+def server(app_env, partial_models):
     root, available, unavailable = partial_models
     demo = app.build_demo(available, unavailable, app.Settings(max_pixels=MAX_PIXELS, weights=root))
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
@@ -208,7 +208,7 @@ def test_settings_from_env_rejects_nonsense():
         app.Settings.from_env({"COLORIZERS_CONCURRENCY": "0"})
 
 
-def test_app_starts_and_explains_when_no_weights_exist(study_off, tmp_path):
+def test_app_starts_and_explains_when_no_weights_exist(app_env, tmp_path):
     available, unavailable = colorizers.load_colorizers(source=str(tmp_path))
     assert not available and set(unavailable) == set(colorizers.MODEL_NAMES)
     demo = app.build_demo(available, unavailable, app.Settings(weights=str(tmp_path)))

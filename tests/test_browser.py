@@ -8,7 +8,7 @@ import pytest
 
 import colorizers
 from conftest import chromium_path
-from test_app import free_port, study_off  # noqa: F401  (study_off is a fixture)
+from test_app import app_env, free_port  # noqa: F401  (app_env is a fixture)
 
 import app
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
-def app_url(study_off, random_weights_root):
+def app_url(app_env, random_weights_root):
     available, unavailable = colorizers.load_colorizers(source=random_weights_root)
     demo = app.build_demo(available, unavailable, app.Settings(weights=random_weights_root))
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
