@@ -111,7 +111,9 @@ def _participant_tab(study: Study) -> dict[str, Callable]:
     with gr.Column(visible=False) as pair:
         progress = gr.Markdown(elem_id="study-progress")
         with gr.Row(equal_height=True):
-            image_options = dict(type="filepath", interactive=False, buttons=["fullscreen"], show_label=True)
+            # One fixed display height for both sides, whatever the photo size, so neither side stands out.
+            image_options = dict(type="filepath", interactive=False, buttons=["fullscreen"], show_label=True,
+                                 height=480)
             left = gr.Image(label="Left", elem_id="study-left", **image_options)
             right = gr.Image(label="Right", elem_id="study-right", **image_options)
     with gr.Column(visible=False) as asking:
