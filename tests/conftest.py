@@ -1,41 +1,10 @@
-"""Shared fixtures. Random-initialised weights are used for plumbing and shape tests only: they are written
-through ``save_pretrained`` exactly as trained weights are, so loading, the pipeline and the app are exercised
-end to end, but no test presents their output as a model's result."""
+"""Shared fixtures; plain helpers are in ``tests/helpers.py``."""
 from __future__ import annotations
 
-import os
-import shutil
-
-import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-import colorizers
-
-# Small widths keep CPU tests fast; the layer structure is the papers' at any width.
-SMALL_CONFIGS = {
-    "cnn": {"width": 16},
-    "cnn_classifier": {"width": 16, "num_classes": 5, "class_names": ["ant", "bee", "cat", "dog", "eel"]},
-    "attention_ugan": {"base_width": 8},
-    "paracolorizer_fg": {"width": 16},
-    "paracolorizer_bg": {"width": 16},
-    "paracolorizer_fusion": {"width": 8},
-}
-
-
-def write_random_weights(root, networks=colorizers.NETWORK_NAMES, seed: int = 0) -> str:
-    """Save random-initialised networks under ``root/<network>/`` with ``save_pretrained``."""
-    torch.manual_seed(seed)
-    for name in networks:
-        net = colorizers.build_model(name, **SMALL_CONFIGS[name])
-        # Give the tanh heads a spread of outputs so colour actually varies (a freshly initialised net is
-        # close to grey, which would make colour-handling tests vacuous).
-        with torch.no_grad():
-            for p in net.parameters():
-                p.add_(torch.randn_like(p) * 0.02)
-        net.save_pretrained(os.path.join(root, name))
-    return str(root)
+from tests.helpers import write_random_weights
 
 
 @pytest.fixture(scope="session")
@@ -50,16 +19,12 @@ def photo() -> Image.Image:
     return Image.fromarray(data.astronaut())
 
 
-def chromium_path() -> str:
-    """Debian's chromium for browser tests; in CI its absence is a failure, elsewhere a skip."""
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
-        pytest.skip("chromium not installed")
-    return path
-
-
-def random_image(h: int, w: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
+@pytest.fixture(scope="module")
+def app_env(tmp_path_factory):
+    """No analytics calls, and the realism study pointed at an empty photo folder: its tabs then say it is not set
+    up, instead of colouring photos in the background while the Compare tests run."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STUDY_PHOTOS", str(tmp_path_factory.mktemp("no-study-photos")))
+        mp.setenv("STUDY_DATA_DIR", str(tmp_path_factory.mktemp("study-data")))
+        mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        yield

@@ -3,7 +3,6 @@ CLI. Random-initialised weights: these test plumbing (sizes, lightness kept, fil
 from __future__ import annotations
 
 import io
-import socket
 import struct
 import zipfile
 import zlib
@@ -17,7 +16,7 @@ from PIL import Image
 import colorizers
 from colorizers.__main__ import main as cli_main
 from colorizers.color import rgb_to_l
-from conftest import write_random_weights
+from tests.helpers import free_port, write_random_weights
 
 import app
 
@@ -28,23 +27,6 @@ MISSING = {"paracolorizer_bg", "paracolorizer"}
 
 def lightness(image: Image.Image) -> np.ndarray:
     return rgb_to_l(colorizers.image_to_tensor(image))[0, 0].numpy()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def app_env(tmp_path_factory):
-    """No analytics calls, and the realism study pointed at an empty photo folder: its tabs then say it is not set
-    up, instead of colouring photos in the background while these tests run."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("STUDY_PHOTOS", str(tmp_path_factory.mktemp("no-study-photos")))
-        mp.setenv("STUDY_DATA_DIR", str(tmp_path_factory.mktemp("study-data")))
-        mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        yield
 
 
 @pytest.fixture(scope="module")

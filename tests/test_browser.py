@@ -2,19 +2,14 @@
 Leaves a screenshot in test-artifacts/compare.png (random-initialised weights: the colours mean nothing)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
 import colorizers
-from conftest import chromium_path
-from test_app import app_env, free_port  # noqa: F401  (app_env is a fixture)
+from tests.helpers import ARTIFACTS, CHROMIUM_ARGS, chromium_path, free_port
 
 import app
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 pytestmark = pytest.mark.browser
 

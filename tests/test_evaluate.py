@@ -14,7 +14,7 @@ from skimage import data
 
 import colorizers
 from colorizers.color import gray_to_rgb_from_l, rgb_to_l
-from tests.conftest import random_image, write_random_weights
+from tests.helpers import random_image, write_random_weights
 from train import evaluate, metrics
 from train.data import read_images
 

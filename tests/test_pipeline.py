@@ -12,7 +12,7 @@ from skimage.color import rgb2lab
 import colorizers
 from colorizers.color import lab_to_rgb, lab_to_rgb_in_gamut, rgb_to_lab
 from colorizers.pipeline import image_to_rgb_array
-from tests.conftest import random_image
+from tests.helpers import random_image
 
 
 def lightness(image: Image.Image) -> np.ndarray:

@@ -62,7 +62,7 @@ def answer_all(study: Study, participant_id: str | None = None, choice: str = "l
 
 @pytest.fixture(scope="module")
 def available(tmp_path_factory):
-    from tests.conftest import write_random_weights
+    from tests.helpers import write_random_weights
     root = write_random_weights(tmp_path_factory.mktemp("study-weights"))
     loaded, missing = colorizers.load_colorizers(source=root)
     assert not missing

@@ -5,18 +5,14 @@ opens the results. Saves test-artifacts/study.png (a pair on screen), study-done
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from colorizers.study_store import StudyStore
-from tests.conftest import chromium_path
+from tests.helpers import ARTIFACTS, CHROMIUM_ARGS, chromium_path
 from tests.test_study import small_settings
 from tests.test_study_app import MODELS, build
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 WAIT_MS = 90_000  # a shared CPU colouring a pair on first use can be slow
 SERVED_SRC = re.compile(r"/[0-9a-f]{32}\.jpg$")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_CONFIGS
+from tests.helpers import SMALL_CONFIGS
 from PIL import Image
 from skimage import data as skdata
 

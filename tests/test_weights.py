@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,7 @@ import torch
 
 import colorizers
 from colorizers.weights import MissingWeightsError
-from tests.conftest import write_random_weights
+from tests.helpers import write_random_weights
 from tests.hub_server import HubRepo, HubServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +88,7 @@ HUB_CLIENT = textwrap.dedent("""
     import json, sys
     import colorizers
     from colorizers.weights import MissingWeightsError
-    from tests.conftest import random_image
+    from tests.helpers import random_image
     out = {}
     for source in sys.argv[1:]:
         try:
