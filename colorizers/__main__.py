@@ -15,6 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from . import MODEL_NAMES, load_colorizers
+from .compare import colorize_models
 from .weights import WEIGHTS_ENV, describe_source
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with Image.open(source) as image:
                 image.load()
-                results = {name: colorizer.colorize(image) for name, colorizer in models.items()}
+                # one comparison: L computed once, ParaColorizer's generators shared with fg/bg
+                results = {name: r.image for name, r in colorize_models(image, models).results.items()}
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as err:
             failed[source] = f"{type(err).__name__}: {err}"
             print(f"skipped {source}: cannot read it as an image ({failed[source]})", file=sys.stderr)

@@ -14,6 +14,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import colorizers
+from colorizers import compare
 from colorizers.__main__ import main as cli_main
 from colorizers.color import rgb_to_l
 from tests.helpers import free_port, write_random_weights
@@ -164,12 +165,12 @@ def test_compare_gives_one_result_per_selected_model_and_a_zip_of_them(all_model
 
 def test_shared_paracolorizer_pass_runs_each_generator_once_and_matches_each_model_alone(all_models, photo):
     """fg, bg and ParaColorizer come from one predict_all pass in a comparison; each must equal its own run."""
-    family = {name: all_models[name] for name in app.PARACOLORIZER_OUTPUTS}
+    family = {name: all_models[name] for name in compare.PARACOLORIZER_OUTPUTS}
     calls = []
     hooks = [all_models[name].model.register_forward_hook(lambda *_, name=name: calls.append(name))
-             for name in app.PARACOLORIZER_GENERATORS]
+             for name in compare.PARACOLORIZER_GENERATORS]
     try:
-        comparison = app.colorize_models(photo, family)
+        comparison = compare.colorize_models(photo, family)
     finally:
         for hook in hooks:
             hook.remove()

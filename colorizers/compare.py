@@ -1,0 +1,123 @@
+"""Colorize one photo with several models at once: the comparison the app and the batch tool share.
+
+The photo is converted to L once for all models. When ``paracolorizer`` is among the models, one
+``ParaColorizer.predict_all`` pass (section III-C, Fig. 10) also supplies the foreground and background
+generators' results, so neither generator runs twice. Each model still goes through the one pipeline
+(``predict_full_resolution_ab`` then ``recombine``).
+
+Times: each generator's time is its own prediction plus putting its colours on the photo; ParaColorizer's time is
+the whole shared pass (both generators and the DenseFuse fusion step) plus its own finishing.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from .color import gray_to_rgb_from_l, rgb_to_l
+from .paracolorizer import ParaColorizer
+from .pipeline import Colorizer, image_to_tensor, predict_full_resolution_ab, recombine, tensor_to_image
+
+PARACOLORIZER_GENERATORS = ("paracolorizer_fg", "paracolorizer_bg")
+#: The outputs of ParaColorizer.predict_all, in the order the shared pass stacks them.
+PARACOLORIZER_OUTPUTS = (*PARACOLORIZER_GENERATORS, "paracolorizer")
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    image: Image.Image
+    seconds: float  # this model's own time (see the module docstring for the ParaColorizer family)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    grey: Image.Image  # the lightness every model was given, as a grey image
+    results: dict[str, ModelResult]  # in the order the models were asked for
+    convert_seconds: float  # decoding the image to L, once for all models
+    seconds: float  # the whole colorization, wall clock
+
+    @property
+    def shares_paracolorizer_pass(self) -> bool:
+        return "paracolorizer" in self.results and any(n in self.results for n in PARACOLORIZER_GENERATORS)
+
+
+def _synchronize(device: str | torch.device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _TimedGenerator:
+    """Stands in for one of ParaColorizer's generators inside ``predict_all`` and times its prediction."""
+
+    def __init__(self, net, device: str | torch.device):
+        self.net, self.device, self.seconds = net, device, 0.0
+
+    def predict_ab(self, l: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        ab = self.net.predict_ab(l)
+        _synchronize(self.device)
+        self.seconds = time.perf_counter() - start
+        return ab
+
+
+class _SharedParaColorizerPass:
+    """``ParaColorizer.predict_all`` as one a,b predictor for the pipeline: the foreground, background and fused
+    a,b stacked as six channels, so the pipeline's resizing to and from the native size applies to all three.
+    ``generator_seconds`` holds each generator's own time after ``predict_ab``."""
+
+    def __init__(self, model: ParaColorizer, device: str | torch.device):
+        self.native_size = model.native_size
+        self.generators = dict(zip(PARACOLORIZER_GENERATORS, (_TimedGenerator(model.foreground, device),
+                                                              _TimedGenerator(model.background, device))))
+        self._model = ParaColorizer(*self.generators.values(), model.fusion, model.strategy)
+
+    def predict_ab(self, l: torch.Tensor) -> torch.Tensor:
+        predictions = self._model.predict_all(l)
+        return torch.cat([predictions[name] for name in PARACOLORIZER_OUTPUTS], dim=1)
+
+    @property
+    def generator_seconds(self) -> dict[str, float]:
+        return {name: generator.seconds for name, generator in self.generators.items()}
+
+
+def _finish(l_full: torch.Tensor, ab_full: torch.Tensor, seconds_so_far: float) -> ModelResult:
+    """Recombine a model's full-resolution a,b with the photo's L, timing this step on top of the model's own."""
+    start = time.perf_counter()
+    image = tensor_to_image(recombine(l_full, ab_full))
+    return ModelResult(image, seconds_so_far + time.perf_counter() - start)
+
+
+def _paracolorizer_family(para: Colorizer, l_full: torch.Tensor, models: dict[str, Colorizer]) -> dict[str, ModelResult]:
+    """ParaColorizer and, from the same pass, those of its own generators that ``models`` asks for."""
+    shared_pass = _SharedParaColorizerPass(para.model, para.device)
+    start = time.perf_counter()
+    ab_all = predict_full_resolution_ab(shared_pass, l_full, para.device)
+    pass_seconds = time.perf_counter() - start
+    ab = dict(zip(PARACOLORIZER_OUTPUTS, ab_all.split(2, dim=1)))
+    own_seconds = {**shared_pass.generator_seconds, "paracolorizer": pass_seconds}
+    # A generator's own model can take its result from this pass when it is the very network ParaColorizer holds
+    # (as with load_colorizers, which loads each network once).
+    wanted = [name for name, generator in shared_pass.generators.items()
+              if name in models and models[name].model is generator.net]
+    return {name: _finish(l_full, ab[name], own_seconds[name]) for name in (*wanted, "paracolorizer")}
+
+
+@torch.inference_mode()
+def colorize_models(image: Image.Image, models: dict[str, Colorizer]) -> Comparison:
+    """Colorize ``image`` with each of ``models``: the image is converted to L once, and when ParaColorizer is
+    among them its generators' predictions serve the foreground/background models too (computed once)."""
+    begin = time.perf_counter()
+    l_full = rgb_to_l(image_to_tensor(image))
+    grey = tensor_to_image(gray_to_rgb_from_l(l_full)).convert("L")
+    convert_seconds = time.perf_counter() - begin
+
+    results = _paracolorizer_family(models["paracolorizer"], l_full, models) if "paracolorizer" in models else {}
+    for name, colorizer in models.items():
+        if name not in results:
+            start = time.perf_counter()
+            ab_full = predict_full_resolution_ab(colorizer.model, l_full, colorizer.device)
+            results[name] = _finish(l_full, ab_full, time.perf_counter() - start)
+    ordered = {name: results[name] for name in models}
+    return Comparison(grey, ordered, convert_seconds, time.perf_counter() - begin)
