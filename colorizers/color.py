@@ -94,34 +94,49 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     return linear_to_srgb(lab_to_linear_rgb(lab).clamp(0.0, 1.0))
 
 
-def lab_to_rgb_in_gamut(lab: torch.Tensor, iterations: int = 10) -> torch.Tensor:
+def _largest_in_gamut_chroma_scale(l: torch.Tensor, a: torch.Tensor, b: torch.Tensor, iterations: int) -> torch.Tensor:
+    """For flat tensors of L, a, b: the largest s in [0, 1] such that (L, s*a, s*b) is inside the sRGB gamut.
+
+    Bisection; Y (and so the L term) is the same for every s, so only X and Z are recomputed per step.
+    """
+    m = _XYZ_TO_RGB.to(dtype=l.dtype, device=l.device) * _WHITE_D65.to(dtype=l.dtype, device=l.device)
+    fy = (l + 16.0) / 116.0
+    y = _f_inv(fy)
+    rgb_y = [m[i, 1] * y for i in range(3)]
+    a_step, b_step = a / 500.0, -b / 200.0
+    tol = 1e-6
+    lo, hi = torch.zeros_like(l), torch.ones_like(l)
+    for _ in range(iterations):
+        mid = (lo + hi) * 0.5
+        x, z = _f_inv(fy + mid * a_step), _f_inv(fy + mid * b_step)
+        ok = torch.ones_like(l, dtype=torch.bool)
+        for i in range(3):
+            channel = m[i, 0] * x + rgb_y[i] + m[i, 2] * z
+            ok &= (channel >= -tol) & (channel <= 1 + tol)
+        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
+    return lo
+
+
+def lab_to_rgb_in_gamut(lab: torch.Tensor, iterations: int = 8) -> torch.Tensor:
     """Lab -> sRGB in [0, 1], bringing out-of-gamut colours into the gamut by reducing chroma.
 
     Per-channel clipping of an out-of-gamut colour changes its lightness, and the pipeline promises that the
     output keeps the input's L. Here each out-of-gamut pixel keeps its L and hue and has its chroma scaled by
-    the largest factor s in [0, 1] that lands in gamut (bisection; a grey with the same L is always in gamut,
-    so s = 0 is a valid lower bound). Not meant for backpropagation.
+    the largest factor s in [0, 1] that lands in gamut (bisection to 2**-iterations; a grey with the same L is
+    always in gamut, so s = 0 is a valid lower bound). Not meant for backpropagation.
     """
     with torch.no_grad():
         lin = lab_to_linear_rgb(lab)
         tol = 1e-6
         bad = ((lin < -tol) | (lin > 1 + tol)).any(dim=-3)  # (..., H, W)
         if bool(bad.any()):
-            lab_cl = lab.movedim(-3, -1)  # (..., H, W, 3)
-            px = lab_cl[bad]  # (N, 3)
-            lo = torch.zeros(px.shape[0], dtype=lab.dtype, device=lab.device)
-            hi = torch.ones_like(lo)
-            for _ in range(iterations):
-                mid = (lo + hi) / 2
-                trial = torch.cat([px[:, :1], px[:, 1:] * mid[:, None]], dim=1)
-                t_lin = lab_to_linear_rgb(trial.T[:, :, None]).squeeze(-1).T
-                ok = ((t_lin >= -tol) & (t_lin <= 1 + tol)).all(dim=1)
-                lo = torch.where(ok, mid, lo)
-                hi = torch.where(ok, hi, mid)
-            fixed = torch.cat([px[:, :1], px[:, 1:] * lo[:, None]], dim=1)
-            lab_cl = lab_cl.clone()
-            lab_cl[bad] = fixed
-            lin = lab_to_linear_rgb(lab_cl.movedim(-1, -3))
+            channels_first = lab.movedim(-3, 0)  # (3, ..., H, W): one boolean mask then picks each channel
+            l, a, b = (channel[bad] for channel in channels_first)
+            scale = _largest_in_gamut_chroma_scale(l, a, b, iterations)
+            fixed = torch.stack([l, a * scale, b * scale])[:, :, None]  # (3, N, 1): a 3-channel "image"
+            lin = lin.movedim(-3, 0).clone()
+            lin[:, bad] = lab_to_linear_rgb(fixed)[:, :, 0]
+            lin = lin.movedim(0, -3)
         return linear_to_srgb(lin.clamp(0.0, 1.0))
 
 
