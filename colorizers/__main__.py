@@ -16,9 +16,9 @@ from PIL import Image, UnidentifiedImageError
 
 from . import MODEL_NAMES, load_colorizers
 from .compare import colorize_models
+from .pipeline import IMAGE_EXTENSIONS
 from .weights import WEIGHTS_ENV, describe_source
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -6,7 +6,6 @@ reducing chroma (so L is kept) -> RGB image of exactly the input's size.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,6 +15,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from .color import lab_to_rgb_in_gamut, rgb_to_l
+
+#: File extensions the project reads as images (batch tool, training data, study photos).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 _ALPHA_MODES = {"LA", "La", "RGBA", "RGBa", "PA"}
@@ -112,8 +114,3 @@ class Colorizer:
     def colorize(self, image: Image.Image) -> Image.Image:
         l_full = rgb_to_l(image_to_tensor(image))
         return tensor_to_image(self.colorize_l(l_full))
-
-    def timed_colorize(self, image: Image.Image) -> tuple[Image.Image, float]:
-        start = time.perf_counter()
-        out = self.colorize(image)
-        return out, time.perf_counter() - start

@@ -30,6 +30,3 @@ class ColorizationNet(
         if isinstance(out, tuple):  # cnn_classifier also returns class logits
             out = out[0]
         return unnormalize_ab(out.float().clamp(-1.0, 1.0))
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
