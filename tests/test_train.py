@@ -13,12 +13,13 @@ import pytest
 import torch
 from tests.helpers import SMALL_CONFIGS
 from PIL import Image
+from safetensors import safe_open
 from skimage import data as skdata
 
 import colorizers
-from train.__main__ import main
+from train.__main__ import main, parse_args
 from train.data import read_images
-from train.engine import (CHECKPOINT, CURVES_PNG, LOSSES_CSV, TRAINING_CONFIG, TrainingConfig, class_indices,
+from train.engine import (CHECKPOINT, CURVES_PNG, LOSSES_CSV, TRAINING_CONFIG, TrainingConfig, class_indices, export,
                           frequent_classes, read_loss_log, train)
 from train.losses import IGNORE_LABEL
 from train.proposals import Detector, Detections, decode, grid_and_strides, propose, read_proposal_crops, square_crop_box
@@ -123,6 +124,37 @@ def test_exported_weights_load_and_colorize(trained, model):
     colorizer = colorizers.load_colorizer(model, source=trained)
     out = colorizer.colorize(Image.fromarray(skdata.coffee()).convert("L").resize((48, 40)))
     assert out.size == (48, 40) and out.mode == "RGB"
+
+
+@pytest.mark.parametrize("network", colorizers.NETWORK_NAMES)
+def test_exported_weights_are_fp16_and_the_checkpoint_full_precision(trained, network):
+    with safe_open(trained / network / "model.safetensors", "pt") as f:
+        exported = {key: f.get_tensor(key) for key in f.keys()}
+    assert {t.dtype for t in exported.values() if t.is_floating_point()} == {torch.float16}
+    checkpoint = torch.load(trained / network / CHECKPOINT, weights_only=False)["generator"]
+    assert {t.dtype for t in checkpoint.values() if t.is_floating_point()} == {torch.float32}
+    assert exported.keys() == checkpoint.keys()
+    loaded = colorizers.load_network(network, trained).state_dict()  # cast back into the float32 network
+    for key, value in checkpoint.items():
+        assert loaded[key].dtype == value.dtype
+        torch.testing.assert_close(loaded[key], value.to(torch.float16).to(value.dtype), msg=key)
+
+
+def test_export_dtype_float32_keeps_full_precision(tmp_path):
+    net = colorizers.build_model("cnn", **SMALL_CONFIGS["cnn"])
+    export(net, tmp_path / "cnn", "float32")
+    with safe_open(tmp_path / "cnn" / "model.safetensors", "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys() if f.get_tensor(k).is_floating_point()} == {torch.float32}
+    for key, value in colorizers.load_network("cnn", tmp_path).state_dict().items():
+        torch.testing.assert_close(value, net.state_dict()[key], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="export dtype"):
+        export(net, tmp_path / "x", "bfloat16")
+    with torch.no_grad():
+        next(net.parameters()).fill_(1e6)  # beyond fp16's 65504: an error, not inf in the shipped file
+    with pytest.raises(ValueError, match="float16 range"):
+        export(net, tmp_path / "big", "float16")
+    assert parse_args(["cnn", "--data", "x", "--out", "y"]).export_dtype == "float16"
+    assert parse_args(["cnn", "--data", "x", "--out", "y", "--export-dtype", "float32"]).export_dtype == "float32"
 
 
 def test_classifier_learns_the_frequent_classes_and_stores_them(trained):

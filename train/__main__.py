@@ -23,7 +23,7 @@ import sys
 
 from colorizers import NETWORK_NAMES
 
-from .engine import TrainingConfig, train
+from .engine import EXPORT_DTYPES, TrainingConfig, train
 
 
 def key_value(text: str) -> tuple[str, object]:
@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> TrainingConfig:
     g.add_argument("--log-every", type=int, default=10, help="steps per losses.csv row (default: %(default)s)")
     g.add_argument("--checkpoint-every", type=int, default=1000, help="(default: %(default)s)")
     g.add_argument("--val-every", type=int, help="default: every checkpoint")
+    g.add_argument("--export-dtype", choices=list(EXPORT_DTYPES), default="float16",
+                   help="precision of the exported model.safetensors (checkpoint.pt stays float32; default: %(default)s, "
+                        "as the weights ship)")
 
     args = vars(p.parse_args(argv))
     for name in ("model_config", "discriminator_config", "loss_weights"):

@@ -11,7 +11,9 @@ Output, under ``OUT/NETWORK/``: ``config.json`` + ``model.safetensors`` (``save_
 ``colorizers.load_colorizer`` reads), ``training_config.json`` (this run's configuration and recipe),
 ``losses.csv`` and ``curves.png`` (generator terms; discriminator real/fake losses, as DTU Fig. 8 and 9),
 and ``checkpoint.pt`` (generator, discriminator, optimizers, step, sampler: what ``--resume`` needs; not
-part of what ships).
+part of what ships). ``model.safetensors`` is what ships, so it is written in fp16 by default (``--export-dtype``):
+the six networks at their default widths take ~65 MB so, ~129 MB in fp32, and the budget is 80 MB; the
+loaders cast it back to the float32 networks. ``checkpoint.pt`` keeps full precision for ``--resume``.
 """
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ CHECKPOINT = "checkpoint.pt"
 LOSSES_CSV = "losses.csv"
 CURVES_PNG = "curves.png"
 TRAINING_CONFIG = "training_config.json"
+#: ``--export-dtype`` choices: the precision of the exported ``model.safetensors`` (the checkpoint stays float32).
+EXPORT_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -76,12 +80,15 @@ class TrainingConfig:
     amp: bool = True                  # bf16 autocast on CUDA
     log_every: int = 10
     checkpoint_every: int = 1000
+    export_dtype: str = "float16"     # model.safetensors precision (EXPORT_DTYPES); the shipped files are fp16
     num_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
 
 
 def resolve_recipe(config: TrainingConfig) -> Recipe:
     """The network's recipe with this run's overrides applied."""
     recipe = get_recipe(config.network)
+    if config.export_dtype not in EXPORT_DTYPES:
+        raise ValueError(f"--export-dtype must be one of {', '.join(EXPORT_DTYPES)}, got {config.export_dtype!r}")
     unknown = sorted(set(config.loss_weights) - set(recipe.loss_terms))
     if unknown:
         raise ValueError(f"{config.network} has no loss term(s) {', '.join(unknown)}; "
@@ -531,9 +538,26 @@ def total_steps(config: TrainingConfig, recipe: Recipe, num_images: int) -> int:
     return math.ceil(epochs * num_images / min(recipe.batch_size, num_images))
 
 
-def export(trainer: Trainer, out_dir: Path) -> None:
-    """The generator as ``colorizers`` loads it: config.json + model.safetensors."""
-    trainer.generator.save_pretrained(out_dir)
+def export(model: nn.Module, out_dir: str | os.PathLike, dtype: str = "float16") -> None:
+    """``model`` as ``colorizers`` loads it: config.json + model.safetensors, the floating-point tensors in
+    ``dtype`` ("float16", what ships, or "float32").
+
+    A CPU copy is cast and saved (through the Hub mixin's ``save_pretrained``, as ``from_pretrained`` reads
+    it); the model being trained is left as it is. A weight beyond fp16's range (65504) is an error rather than
+    an ``inf`` in the shipped file.
+    """
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"export dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
+    state = model.state_dict()
+    copy = type(model)(**model_config_of(model))
+    copy.load_state_dict(state)
+    copy = copy.to(dtype=EXPORT_DTYPES[dtype]).eval()  # integer buffers (BatchNorm's counters) stay as they are
+    overflow = [name for name, t in copy.state_dict().items()
+                if t.is_floating_point() and not t.isfinite().all() and state[name].isfinite().all()]
+    if overflow:
+        raise ValueError(f"{dtype} export: {', '.join(overflow[:3])} exceed(s) the {dtype} range; "
+                         "export with --export-dtype float32")
+    copy.save_pretrained(out_dir)
 
 
 def train(config: TrainingConfig) -> Path:
@@ -605,12 +629,12 @@ def train(config: TrainingConfig) -> Path:
                 log.append(step, "val", trainer.evaluate(*validation, recipe.batch_size))
             if step % config.checkpoint_every == 0 and step < steps:
                 save_checkpoint(out_dir / CHECKPOINT, trainer, batches, step, config, d_config)
-                export(trainer, out_dir)
+                export(trainer.generator, out_dir, config.export_dtype)
     progress.close()
     if step > start:  # (a resumed run already at its last step has nothing new to save)
         if validation is not None and step % val_every != 0:
             log.append(step, "val", trainer.evaluate(*validation, recipe.batch_size))
         save_checkpoint(out_dir / CHECKPOINT, trainer, batches, step, config, d_config)
-    export(trainer, out_dir)
+    export(trainer.generator, out_dir, config.export_dtype)
     plot_curves(out_dir / LOSSES_CSV, out_dir / CURVES_PNG, config.network)
     return out_dir
