@@ -71,6 +71,23 @@ def test_folder_is_read_recursively_resized_and_centre_cropped(tmp_path):
     assert (grey[0] == grey[1]).all() and (grey[1] == grey[2]).all()
 
 
+def test_folder_and_tar_read_every_image_extension_the_app_reads(tmp_path):
+    """The project's one extension list: TIFF and (palette) GIF photos train too, in folders and in tars."""
+    colours = {"a.tif": (200, 10, 10), "b.TIFF": (10, 200, 10), "c.gif": (10, 10, 200), "d.bmp": (90, 90, 90)}
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, colour in colours.items():
+        solid(colour, (20, 20)).save(folder / name)
+    s = read_images([str(folder)], size=20)
+    assert s.names == sorted(colours)
+    for i, colour in enumerate(colours.values()):
+        assert (np.abs(s.images[i, :, 10, 10].numpy().astype(int) - colour) <= 2).all()
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        tar.add(folder / "a.tif", "x/a.tif")
+        tar.add(folder / "c.gif", "x/c.gif")
+    assert read_images([str(tmp_path / "shard.tar")], size=20).names == ["x/a.tif", "x/c.gif"]
+
+
 def test_tar_shard_and_max_images(tmp_path):
     path = tmp_path / "shard.tar"
     with tarfile.open(path, "w") as tar:

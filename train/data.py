@@ -6,7 +6,8 @@ are decoded once, in parallel threads (PIL releases the GIL while it decodes), i
 the training engine moves to the GPU when it fits; no loader workers, no per-step decoding.
 
 A source is one of
-- a folder of images (searched recursively; .jpg .jpeg .png .webp .bmp),
+- a folder of images (searched recursively; the app's ``colorizers.pipeline.IMAGE_EXTENSIONS``: .jpg .jpeg
+  .png .webp .bmp .tif .tiff .gif),
 - a tar shard of images (as ``colorize256/train-00.tar``),
 - a ``manifest.csv`` of colorize256 (columns file, split, shard, source, label, kind, ...): it resolves to
   the tar shards next to it, and only here are ``split`` and ``kinds`` known, so only here do they filter.
@@ -29,8 +30,8 @@ import torch
 from PIL import Image, ImageOps
 
 from colorizers import image_to_rgb_array
+from colorizers.pipeline import IMAGE_EXTENSIONS  # one list for the app, the batch CLI and training
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SPLITS = ("train", "val")
 KINDS = ("object", "scene", "mixed")
 
