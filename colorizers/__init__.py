@@ -17,7 +17,8 @@ from . import networks as _networks  # noqa: F401  (registers the networks)
 from .paracolorizer import ParaColorizer
 from .pipeline import Colorizer, image_to_rgb_array, image_to_tensor, tensor_to_image
 from .registry import NETWORKS, build_model, network_class
-from .weights import BUNDLED_WEIGHTS, WEIGHTS_ENV, MissingWeightsError, default_source, load_network, network_dir
+from .weights import (BUNDLED_WEIGHTS, WEIGHTS_ENV, MissingWeightsError, default_source, is_connection_failure,
+                      load_network, network_dir)
 
 MODEL_NAMES = ("cnn", "cnn_classifier", "attention_ugan", "paracolorizer_fg", "paracolorizer_bg", "paracolorizer")
 NETWORK_NAMES = ("cnn", "cnn_classifier", "attention_ugan", "paracolorizer_fg", "paracolorizer_bg", "paracolorizer_fusion")
@@ -58,27 +59,42 @@ def load_colorizer(name: str, source: str | os.PathLike | None = None, device: s
     return _assemble(name, nets, device)
 
 
+def _one_line(err: Exception) -> str:
+    """A reason short enough for a status list (state-dict mismatches run to kilobytes)."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    text = first if isinstance(err, MissingWeightsError) else f"{type(err).__name__}: {first}"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def load_colorizers(names=MODEL_NAMES, source=None, device: str = "cpu") -> tuple[dict[str, Colorizer], dict[str, str]]:
     """Load several models at once, each network once (``paracolorizer`` shares fg/bg with the single models).
 
-    Returns ``(available, unavailable)``: name -> Colorizer, and name -> the reason it could not be loaded.
+    Returns ``(available, unavailable)``: name -> Colorizer, and name -> a one-line reason it could not be
+    loaded. Any failure to load a network (missing, corrupt or mismatched weights, a bad config) makes the
+    models that need it unavailable and nothing else.
     """
-    loaded: dict[str, object] = {}
+    for name in names:
+        _check_name(name)
+    networks: dict[str, object] = {}  # network -> the loaded module, or the error that loading it raised
+    unreachable: Exception | None = None  # a Hub that could not be reached is not asked again for each network
+    for net in dict.fromkeys(n for name in names for n in MODEL_NETWORKS[name]):
+        if unreachable is not None:
+            networks[net] = MissingWeightsError(f"no weights for {net!r}: not fetched, since {unreachable}")
+            continue
+        try:
+            networks[net] = load_network(net, source, device)
+        except Exception as err:  # noqa: BLE001 - any broken checkpoint must not take the other models down
+            networks[net] = err
+            if isinstance(err, MissingWeightsError) and is_connection_failure(err):
+                unreachable = err
     available: dict[str, Colorizer] = {}
     unavailable: dict[str, str] = {}
     for name in names:
-        _check_name(name)
-        try:
-            for net in MODEL_NETWORKS[name]:
-                if net not in loaded:
-                    loaded[net] = load_network(net, source, device)
-                elif isinstance(loaded[net], Exception):
-                    raise loaded[net]
-            available[name] = _assemble(name, loaded, device)
-        except (MissingWeightsError, ValueError, RuntimeError, OSError) as err:
-            for net in MODEL_NETWORKS[name]:
-                loaded.setdefault(net, err)
-            unavailable[name] = str(err)
+        errors = [networks[net] for net in MODEL_NETWORKS[name] if isinstance(networks[net], Exception)]
+        if errors:
+            unavailable[name] = "; ".join(_one_line(err) for err in errors)
+        else:
+            available[name] = _assemble(name, networks, device)
     return available, unavailable
 
 

@@ -41,7 +41,8 @@ def _is_hub_repo(source: str) -> bool:
 
 def network_dir(network: str, source: str | os.PathLike | None = None) -> Path:
     """The local folder holding ``network``'s config.json and model.safetensors, downloading from the Hub when
-    ``source`` is a repo id (``owner/name`` or ``owner/name@revision``)."""
+    ``source`` is a repo id (``owner/name`` or ``owner/name@revision``). A source that exists on disk is always
+    a local folder; ``./name/repo`` forces the local reading of an id-shaped path."""
     network_class(network)  # unknown names fail here, with the list of known ones
     src = str(source if source is not None else default_source())
     if _is_hub_repo(src):
@@ -68,9 +69,16 @@ def _download_from_hub(network: str, source: str) -> Path:
         ]
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
         raise MissingWeightsError(
-            f"no weights for {network!r} in Hub repo {source!r}: {type(err).__name__}: {str(err).splitlines()[0]}"
+            f"no weights for {network!r}: {source!r} is not a local folder, and as a Hub repo it failed with "
+            f"{type(err).__name__}: {str(err).splitlines()[0]}"
         ) from err
     return Path(paths[0]).parent
+
+
+def is_connection_failure(err: MissingWeightsError) -> bool:
+    """True when the Hub could not be reached at all (offline, DNS), as opposed to a missing repo or file."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    return isinstance(err.__cause__, LocalEntryNotFoundError)
 
 
 def load_network(network: str, source: str | os.PathLike | None = None, device: str = "cpu") -> nn.Module:

@@ -51,11 +51,27 @@ def test_missing_weights_raise_a_clear_error_and_never_fall_back(tmp_path):
         colorizers.load_colorizer("cnn", source=tmp_path / "nowhere")
 
 
-def test_truncated_weights_fail_loudly(tmp_path):
-    write_random_weights(tmp_path, ["cnn"])
-    (tmp_path / "cnn" / "config.json").write_text(json.dumps({"width": 32}))  # config no longer matches
-    with pytest.raises(RuntimeError):
+def test_broken_checkpoints_make_only_their_models_unavailable(tmp_path):
+    write_random_weights(tmp_path)
+    weights = tmp_path / "cnn" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated download
+    (tmp_path / "attention_ugan" / "config.json").write_text(json.dumps({"base_width": 32}))  # config/weights mismatch
+    (tmp_path / "paracolorizer_fusion" / "config.json").write_text(json.dumps({"width": "sixteen"}))  # bad config
+    with pytest.raises(Exception):
         colorizers.load_colorizer("cnn", source=tmp_path)
+    available, unavailable = colorizers.load_colorizers(source=tmp_path)
+    assert set(unavailable) == {"cnn", "attention_ugan", "paracolorizer"}
+    assert set(available) == {"cnn_classifier", "paracolorizer_fg", "paracolorizer_bg"}
+    assert all("\n" not in reason and len(reason) <= 300 for reason in unavailable.values())
+    assert "paracolorizer_fusion" not in unavailable and "TypeError" in unavailable["paracolorizer"]
+
+
+def test_which_models_load_does_not_depend_on_the_order_asked(tmp_path):
+    write_random_weights(tmp_path, ["paracolorizer_bg", "paracolorizer_fusion"])
+    for names in (["paracolorizer", "paracolorizer_bg"], ["paracolorizer_bg", "paracolorizer"]):
+        available, unavailable = colorizers.load_colorizers(names, source=tmp_path)
+        assert list(available) == ["paracolorizer_bg"] and list(unavailable) == ["paracolorizer"]
+        assert "paracolorizer_fg" in unavailable["paracolorizer"]
 
 
 def test_load_colorizers_reports_unavailable_models_and_loads_the_rest(tmp_path):
@@ -126,7 +142,25 @@ def test_hub_repo_round_trip_through_a_local_hub_server(tmp_path):
         assert out[name]["size"] == [91, 37]  # PIL: (width, height)
         assert out[name]["w"] == pytest.approx(expected[name])
     assert expected["colorize/paper-models"] != pytest.approx(expected["colorize/paper-models@v1"])
-    assert "paracolorizer_fg" in out["colorize/other"]["error"]
+    assert "paracolorizer_fg" in out["colorize/other"]["error"] and "Hub repo" in out["colorize/other"]["error"]
     assert "error" in out["colorize/paper-models@v9"]
     # the files were fetched per network subfolder, as the weights-root layout says
     assert any("/resolve/v1/paracolorizer_fusion/model.safetensors" in p for _, p in hub.requests)
+
+
+def test_an_unreachable_hub_is_asked_once_not_once_per_network(tmp_path, monkeypatch):
+    """Offline, an id-shaped source that is not a local folder fails fast for every network after the first."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    calls = []
+
+    def offline(repo_id, filename, **kwargs):
+        calls.append((repo_id, kwargs.get("subfolder"), filename))
+        raise LocalEntryNotFoundError("cannot reach the Hub")
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", offline)
+    monkeypatch.chdir(tmp_path)
+    available, unavailable = colorizers.load_colorizers(source="runs/weights")
+    assert not available and set(unavailable) == set(colorizers.MODEL_NAMES)
+    assert len(calls) == 1
+    assert "not a local folder" in unavailable["cnn"]
+    assert unavailable["cnn_classifier"].startswith("no weights for 'cnn_classifier': not fetched")
