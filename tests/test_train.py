@@ -21,6 +21,7 @@ from train.__main__ import main, parse_args
 from train.data import read_images
 from train.engine import (CHECKPOINT, CURVES_PNG, LOSSES_CSV, TRAINING_CONFIG, TrainingConfig, class_indices, export,
                           frequent_classes, read_loss_log, train)
+from train import metrics, proposals
 from train.losses import IGNORE_LABEL
 from train.proposals import Detector, Detections, decode, grid_and_strides, propose, read_proposal_crops, square_crop_box
 
@@ -88,7 +89,7 @@ def proposals_file(mini_set, tmp_path_factory) -> Path:
 
     images = read_images([str(mini_set / "folder")], size=64)
     path = tmp_path_factory.mktemp("proposals") / "proposals.npz"
-    np.savez(path, **propose(images, OneBox(), size=64, max_per_image=1, min_size=8))
+    np.savez(path, **propose(images, OneBox(), size=64, max_per_image=1, min_box_size=8))
     return path
 
 
@@ -285,11 +286,44 @@ def test_propose_cuts_the_detected_region(proposals_file):
     assert np.abs(crops.images[0].float().mean((1, 2)).numpy() - region).max() < 3
 
 
+class BoxesOfSides:
+    """A stand-in detector: square boxes of the given sides at the image's top-left, best first."""
+
+    def __init__(self, sides):
+        self.sides = sides
+
+    def detect(self, image):
+        boxes = np.array([[0, 0, side, side] for side in self.sides], np.float32)
+        return Detections(boxes, np.linspace(0.9, 0.5, len(self.sides)).astype(np.float32), np.zeros(len(self.sides)))
+
+
+def test_boxes_under_the_minimum_size_are_dropped(mini_set, tmp_path, monkeypatch):
+    images = read_images([str(mini_set / "folder")], size=128)
+    # 128 px images: the 40 px box would be up-sampled 6.4x to a 256 crop, the 64 px one 4x (the default's limit)
+    kept = propose(images, BoxesOfSides([40, 64, 100]), size=256, max_per_image=3)
+    assert kept["boxes"][:, 2].tolist() == [64, 100] * len(images)
+    assert propose(images, BoxesOfSides([40, 64]), max_per_image=3, min_box_size=32)["boxes"].shape == (8, 4)
+    with pytest.raises(ValueError, match="at least 1 pixel"):
+        propose(images, BoxesOfSides([40]), min_box_size=0)
+    # the CLI option reaches propose (and --image-size the images detection runs on)
+    monkeypatch.setattr(proposals, "Detector", lambda *args: BoxesOfSides([40, 64, 100]))
+    proposals.main(["--data", str(mini_set / "folder"), "--out", str(tmp_path / "p.npz"), "--image-size", "128",
+                    "--size", "64", "--max-per-image", "3", "--min-box-size", "80"])
+    with np.load(tmp_path / "p.npz") as archive:
+        assert archive["boxes"][:, 2].tolist() == [100] * 4 and archive["crops"].shape == (4, 3, 64, 64)
+
+
+def test_default_detector_is_in_the_shared_weights_next_to_the_repository():
+    """Found relative to the checkout (as the LPIPS backbone), not at one machine's absolute path."""
+    repo = Path(proposals.__file__).resolve().parents[1]
+    assert proposals.DEFAULT_DETECTOR == repo.parent / "shared" / "weights" / "yolox_nano.onnx"
+    assert proposals.DEFAULT_DETECTOR.parent == metrics.DEFAULT_LPIPS_BACKBONE.parent
+
+
 def test_real_detector_runs_on_a_letterboxed_image():
-    detector_path = Path("/work/shared/weights/yolox_nano.onnx")
-    if not detector_path.is_file():
-        pytest.skip("the YOLOX-nano ONNX file is not on this machine")
-    detector = Detector(str(detector_path))
+    if not proposals.DEFAULT_DETECTOR.is_file():
+        pytest.skip(f"the YOLOX-nano ONNX file is not at {proposals.DEFAULT_DETECTOR}")
+    detector = Detector()
     image = np.asarray(Image.fromarray(skdata.astronaut()).resize((150, 100)))
     output, ratio = detector.raw_output(image)
     assert output.shape == (3549, 85) and ratio == pytest.approx(416 / 150)

@@ -3,9 +3,9 @@
 Examples::
 
     # the CNN baseline on colorize256's training split, 100 epochs (the recipe's), on the GPU
-    python -m train cnn --data /work/shared/data/colorize256/manifest.csv --out weights --device cuda
+    python -m train cnn --data ../shared/data/colorize256/manifest.csv --out weights --device cuda
     # ParaColorizer foreground: crops first, then training on images + crops, validating on the val split
-    python -m train.proposals --data /work/shared/data/colorize256/manifest.csv --kind object,mixed --out runs/proposals.npz
+    python -m train.proposals --data ../shared/data/colorize256/manifest.csv --kind object,mixed --out runs/proposals.npz
     python -m train paracolorizer_fg --data .../manifest.csv --proposals runs/proposals.npz --out weights \\
         --val-data .../manifest.csv --compile
     # a quick small run on a folder of photos, then more steps

@@ -2,19 +2,27 @@
 
 The paper passes its training images through Mask R-CNN (ResNet-50) and trains the foreground generator on
 the full images together with the cropped object proposals. No Mask R-CNN weights can be had offline here;
-the YOLOX-nano COCO detector in ``/work/shared/weights`` (ONNX, run with onnxruntime) plays its part: only
-its boxes are used, never masks, so the detector's kind does not matter to the recipe.
+the YOLOX-nano COCO detector in ``../shared/weights`` next to the repository (``DEFAULT_DETECTOR``; ONNX, run
+with onnxruntime) plays its part: only its boxes are used, never masks, so the detector's kind does not
+matter to the recipe.
 
-    python -m train.proposals --data /work/shared/data/colorize256/manifest.csv --kind object,mixed \\
-        --out runs/proposals.npz [--device cuda]
+    python -m train.proposals --data ../shared/data/colorize256/manifest.csv --kind object,mixed \\
+        --out runs/proposals.npz [--device cuda] [--min-box-size 64]
 
 The ``.npz`` holds ``crops`` (M, 3, 256, 256) uint8, ``boxes`` (M, 4) detected boxes and ``crop_boxes``
 (M, 4) the square regions cut, both x0 y0 x1 y1 in the image's pixels, ``scores``, ``classes`` (COCO ids)
 and ``image_names``; ``python -m train paracolorizer_fg --proposals FILE`` reads it.
 
 Choice: each crop is the square around its box (side = the box's longer side, moved inside the image) so that
-resizing it to 256 x 256 does not distort the object; boxes shorter than ``min_size`` pixels are dropped, as
-up-sampling them that far would teach the generator blur.
+resizing it to 256 x 256 does not distort the object.
+
+Resolution: colorize256 holds its images at 256 x 256 only, so detection runs on those (letterboxed up to
+416 for the detector) and crops are cut from them: there are no more pixels to crop from. Unlike the paper's
+crops from full-size COCO photos, every crop here is *up-sampled*, by ``crop size / box side`` -- a 32 px box
+8x, a 64 px box 4x. Such crops are blurry, and a generator trained on them learns blur, so boxes whose longer
+side is under ``--min-box-size`` pixels (of the image as read, ``--image-size``) are dropped. The default, 64
+px, caps the up-sampling at 4x for 256 px crops and still keeps the main object of most photos; raise it for
+sharper but fewer crops, lower it for more and blurrier ones.
 """
 from __future__ import annotations
 
@@ -31,7 +39,11 @@ from tqdm import tqdm
 
 from .data import ImageSet, read_images
 
-DEFAULT_DETECTOR = "/work/shared/weights/yolox_nano.onnx"
+#: YOLOX-nano (COCO) as ONNX, in the shared weights folder next to the repository (as the LPIPS backbone).
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
+DEFAULT_DETECTOR = SHARED_WEIGHTS / "yolox_nano.onnx"
+#: Shortest kept box (its longer side, pixels of the image as read): crops are up-sampled at most 256/64 = 4x.
+DEFAULT_MIN_BOX_SIZE = 64
 INPUT_SIZE = 416
 STRIDES = (8, 16, 32)
 PAD_VALUE = 114  # YOLOX's letterbox grey
@@ -91,14 +103,14 @@ def decode(output: np.ndarray, score_threshold: float = 0.3, nms_threshold: floa
 class Detector:
     """YOLOX-nano through onnxruntime: ``detect(image) -> Detections`` in the image's own pixels."""
 
-    def __init__(self, path: str = DEFAULT_DETECTOR, device: str = "cpu", score_threshold: float = 0.3,
+    def __init__(self, path: str | Path = DEFAULT_DETECTOR, device: str = "cpu", score_threshold: float = 0.3,
                  nms_threshold: float = 0.45):
         import onnxruntime
 
         if not Path(path).is_file():
-            raise FileNotFoundError(f"detector {path} not found (see /work/shared/weights/README.md)")
+            raise FileNotFoundError(f"detector {path} not found (see {SHARED_WEIGHTS / 'README.md'})")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
-        self.session = onnxruntime.InferenceSession(path, providers=providers)
+        self.session = onnxruntime.InferenceSession(str(path), providers=providers)
         self.input_name = self.session.get_inputs()[0].name
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
@@ -135,9 +147,12 @@ def crop_and_resize(image: torch.Tensor, crop_box: tuple[int, int, int, int], si
 
 
 def propose(images: ImageSet, detector: Detector, size: int = 256, max_per_image: int = 2,
-            min_size: int = 48) -> dict[str, np.ndarray]:
-    """Detect objects in every image and cut the best ``max_per_image`` boxes at least ``min_size`` pixels
-    on their longer side; arrays for ``np.savez``."""
+            min_box_size: int = DEFAULT_MIN_BOX_SIZE) -> dict[str, np.ndarray]:
+    """Detect objects in every image and cut the best ``max_per_image`` boxes whose longer side is at least
+    ``min_box_size`` pixels of the image (so no crop is up-sampled more than ``size / min_box_size`` times),
+    each resized to ``size``; arrays for ``np.savez``."""
+    if min_box_size < 1:
+        raise ValueError(f"the minimum box size must be at least 1 pixel, got {min_box_size}")
     crops, boxes, crop_boxes, scores, classes, names = [], [], [], [], [], []
     for image, name in tqdm(zip(images.images, images.names), total=len(images), desc="proposals", unit="img"):
         found = detector.detect(image.permute(1, 2, 0).numpy())
@@ -146,7 +161,7 @@ def propose(images: ImageSet, detector: Detector, size: int = 256, max_per_image
         for box, score, cls in zip(found.boxes, found.scores, found.classes):
             if taken == max_per_image:
                 break
-            if max(box[2] - box[0], box[3] - box[1]) < min_size:
+            if max(box[2] - box[0], box[3] - box[1]) < min_box_size:
                 continue
             crop_box = square_crop_box(box, w, h)
             crops.append(crop_and_resize(image, crop_box, size))
@@ -189,12 +204,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", default="train")
     p.add_argument("--kind", dest="kinds", type=lambda s: [k for k in s.split(",") if k], help="manifest kinds")
     p.add_argument("--max-images", type=int)
-    p.add_argument("--size", type=int, default=256, help="crop size")
+    p.add_argument("--image-size", type=int, default=256,
+                   help="images are read (resized, centre-cropped) at this size; detection and cropping run on them")
+    p.add_argument("--size", type=int, default=256, help="crop size (the training size)")
     p.add_argument("--max-per-image", type=int, default=2)
-    p.add_argument("--min-size", type=int, default=48, help="shortest kept box side (longer side), pixels")
+    p.add_argument("--min-box-size", type=int, default=DEFAULT_MIN_BOX_SIZE, metavar="PX",
+                   help="drop boxes whose longer side is under PX pixels of the --image-size image: a kept crop is "
+                        "up-sampled at most SIZE/PX times (crops from small boxes are blurry)")
     p.add_argument("--score-threshold", type=float, default=0.3)
     p.add_argument("--nms-threshold", type=float, default=0.45)
-    p.add_argument("--detector", default=DEFAULT_DETECTOR)
+    p.add_argument("--detector", default=str(DEFAULT_DETECTOR), help="YOLOX ONNX file")
     p.add_argument("--device", default="cpu", help="cpu or cuda (onnxruntime's CUDA provider when installed)")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -202,10 +221,11 @@ def main(argv: list[str] | None = None) -> None:
         out = out / "proposals.npz"
     try:
         detector = Detector(args.detector, args.device, args.score_threshold, args.nms_threshold)
-        images = read_images(args.data, split=args.split, kinds=args.kinds, max_images=args.max_images)
+        images = read_images(args.data, split=args.split, kinds=args.kinds, size=args.image_size,
+                             max_images=args.max_images)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")
-    arrays = propose(images, detector, args.size, args.max_per_image, args.min_size)
+    arrays = propose(images, detector, args.size, args.max_per_image, args.min_box_size)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, **arrays)
     print(f"wrote {len(arrays['crops'])} proposals from {len(images)} images to {out}")

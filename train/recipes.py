@@ -15,8 +15,8 @@ Deviations shared by all recipes (the papers do not give these, or cannot be fol
   (no schedule is described);
 - every colorizer trains at its ``native_size`` (256; 224 for ``cnn_classifier``); DTU 3.1.3 rescales the
   CNN baseline's input to 224, but the network is fully convolutional and the app runs it at 256;
-- the default image set is the colorize256 roles of ``/work/shared/data/README.md``: ``object`` + ``mixed``
-  images stand in for COCO / ImageNet, ``scene`` images for Places;
+- the default image set is the colorize256 roles of ``../shared/data/README.md`` (next to the repository):
+  ``object`` + ``mixed`` images stand in for COCO / ImageNet, ``scene`` images for Places;
 - ``epochs`` are the papers' own counts, the default length of a run; ``--steps`` / ``--epochs`` override.
 """
 from __future__ import annotations
