@@ -5,7 +5,9 @@ quality."""
 from __future__ import annotations
 
 import csv
+import io
 import math
+import tarfile
 
 import numpy as np
 import pytest
@@ -27,6 +29,55 @@ def image_folder(tmp_path_factory):
     Image.fromarray(data.astronaut()[::4, ::4]).save(folder / "astronaut.png")
     random_image(60, 50, seed=3).save(folder / "random.png")
     return folder
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    """A colorize256-style manifest: three training and two validation photos in one tar shard."""
+    root = tmp_path_factory.mktemp("manifest")
+    rows = [("train/0.png", "train", "object"), ("train/1.png", "train", "scene"), ("train/2.png", "train", "mixed"),
+            ("val/0.png", "val", "object"), ("val/1.png", "val", "scene")]
+    with tarfile.open(root / "shard-00.tar", "w") as tar:
+        for i, (file, _, _) in enumerate(rows):
+            buf = io.BytesIO()
+            random_image(SIZE, SIZE, seed=10 + i).save(buf, "PNG")
+            info = tarfile.TarInfo(file)
+            info.size = buf.tell()
+            tar.addfile(info, io.BytesIO(buf.getvalue()))
+    with open(root / "manifest.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "split", "shard", "source", "label", "kind"])
+        writer.writerows([file, split, "shard-00.tar", "test", "", kind] for file, split, kind in rows)
+    return root / "manifest.csv"
+
+
+def test_a_manifest_is_scored_on_its_val_split_unless_asked_otherwise(manifest, tmp_path):
+    weights = write_random_weights(tmp_path / "weights", networks=("cnn",))
+
+    def run(*extra):
+        out = tmp_path / f"eval{len(list(tmp_path.iterdir()))}"
+        evaluate.main(["--data", str(manifest), "--weights", weights, "--out", str(out), "--size", str(SIZE),
+                       "--models", "cnn", "--examples", "0", *extra])
+        return _read_csv(out / "metrics.csv")["cnn"]["images"], (out / "metrics.md").read_text()
+
+    images, table = run()  # never the training images by default
+    assert images == "2" and "manifest split val" in table
+    images, table = run("--kind", "scene")
+    assert images == "1" and "manifest split val, kinds scene" in table
+    assert run("--split", "train", "--kind", "object,mixed")[0] == "2"
+    assert run("--split", "all")[0] == "5"
+
+
+def test_folders_have_no_split_and_bad_filters_are_usage_errors(image_folder, manifest, tmp_path, capsys):
+    weights = write_random_weights(tmp_path / "weights", networks=("cnn",))
+    out = tmp_path / "eval"
+    evaluate.main(["--data", str(image_folder), "--weights", weights, "--out", str(out), "--size", str(SIZE),
+                   "--models", "cnn", "--examples", "0"])
+    assert _read_csv(out / "metrics.csv")["cnn"]["images"] == "2"  # the whole folder
+    assert "split" not in (out / "metrics.md").read_text().split("Data:")[1].split("\n")[0]
+    with pytest.raises(SystemExit):
+        evaluate.main(["--data", str(manifest), "--weights", weights, "--out", str(out), "--kind", "people"])
+    assert "unknown kind" in capsys.readouterr().err
 
 
 def _read_csv(path) -> dict[str, dict[str, str]]:

@@ -1,6 +1,10 @@
 """Evaluate the colorizers on held-out images, as the papers' result tables do.
 
-    python -m train.evaluate --data ../shared/data/colorize256/val.tar --weights assets/weights --out results/eval
+    python -m train.evaluate --data ../shared/data/colorize256/manifest.csv --weights assets/weights --out results/eval
+
+A manifest is read at its ``val`` split by default (``--split``), never the images the models trained on
+unless asked (``--split train`` or ``all``); ``--kind`` filters its rows as training's does. Folders and tar
+shards carry no split and are used whole.
 
 Every image's ground-truth L (CIE Lab) is the input, so the models only predict a,b (DTU report section 1,
 ParaColorizer section III). Writes to ``--out``:
@@ -31,8 +35,9 @@ import colorizers
 from colorizers.color import gray_to_rgb_from_l, rgb_to_l
 from colorizers.weights import describe_source
 from train import metrics
-from train.data import SPLITS, ImageSet, read_images
+from train.data import KINDS, SPLITS, ImageSet, read_images
 
+ALL_SPLITS = "all"
 GRAYSCALE = "grayscale"
 GROUND_TRUTH = "ground_truth"
 ROW_TITLES = {GRAYSCALE: "Grayscale input (floor)", GROUND_TRUTH: "Ground truth (reference)", **colorizers.MODEL_TITLES}
@@ -177,9 +182,11 @@ def write_examples(path: Path, examples: dict[str, torch.Tensor], image_names: l
 def _notes(args: argparse.Namespace, image_set: ImageSet, unavailable: dict[str, str],
            lpips_backbone: Path | None, seconds: float) -> list[str]:
     n = len(image_set)
-    split = f", split {args.split}" if args.split else ""
+    rows = ""
+    if any(Path(source).suffix.lower() == ".csv" for source in args.data):  # only manifests have splits and kinds
+        rows = f", manifest split {args.split}" + (f", kinds {', '.join(args.kinds)}" if args.kinds else "")
     notes = [
-        f"Data: {n} images from {', '.join(args.data)}{split}, at {args.size} x {args.size} "
+        f"Data: {n} images from {', '.join(args.data)}{rows}, at {args.size} x {args.size} "
         "(short side resized, centre-cropped).",
         "Input: the ground truth's L (CIE Lab, D65); each model predicts a,b and keeps that L. "
         "'Grayscale input' is that L with a = b = 0: the floor a colorizer should beat.",
@@ -219,8 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", action="append", required=True, metavar="PATH",
                    help="image folder, .tar shard or colorize256 manifest.csv (repeatable)")
-    p.add_argument("--split", choices=SPLITS, default=None,
-                   help="manifest rows to use (manifests only; folders and tars are used whole)")
+    p.add_argument("--split", choices=[*SPLITS, ALL_SPLITS], default="val",
+                   help="manifest rows to score (default: %(default)s, the held-out images; 'all': every split); "
+                        "folders and tars have no split and are used whole")
+    p.add_argument("--kind", dest="kinds", type=lambda text: [k for k in text.split(",") if k], default=None,
+                   metavar="KINDS", help=f"manifest kinds to score, comma-separated, from {', '.join(KINDS)} "
+                                         "(default: all)")
     p.add_argument("--weights", default=None, metavar="ROOT",
                    help=f"weights root (folder or Hub repo[@rev]); default ${colorizers.WEIGHTS_ENV} or the bundled weights")
     p.add_argument("--models", nargs="+", choices=colorizers.MODEL_NAMES, default=list(colorizers.MODEL_NAMES),
@@ -260,7 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"LPIPS skipped: no AlexNet backbone at {metrics.DEFAULT_LPIPS_BACKBONE} (pass --lpips-backbone FILE)",
               file=sys.stderr)
 
-    image_set = read_images(args.data, split=args.split, size=args.size, max_images=args.max_images)
+    try:
+        image_set = read_images(args.data, split=None if args.split == ALL_SPLITS else args.split, kinds=args.kinds,
+                                size=args.size, max_images=args.max_images)
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
     evaluation = Evaluation(metrics.FIDMetric(args.device, args.batch_size),
                             metrics.LPIPSMetric(lpips_backbone, args.device) if lpips_backbone else None, args.device)
     with torch.inference_mode():
