@@ -12,6 +12,7 @@ generators shared; the batch tool uses it too) -> ``save_comparison`` (PNG files
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import warnings
@@ -167,8 +168,19 @@ def run_comparison(path, names, available: dict[str, Colorizer], settings: Setti
                    cache_dir: str) -> tuple[Comparison, ComparisonFiles]:
     """What the Compare button does: check the upload, colorize it with the chosen models, save the files."""
     models = _choose(names, available)
-    comparison = colorize_models(read_image(path, settings.max_pixels), models)
+    comparison = colorize_checked(read_image(path, settings.max_pixels), models)
     return comparison, save_comparison(comparison, _stem(path), cache_dir)
+
+
+def colorize_checked(image: Image.Image, models: dict[str, Colorizer]) -> Comparison:
+    """``colorize_models``, with any failure inside (an image mode the pipeline cannot read, running out of
+    memory) turned into a message for the user rather than a traceback; the details go to the log."""
+    try:
+        return colorize_models(image, models)
+    except Exception as err:  # noqa: BLE001 - whatever went wrong, the visitor gets a sentence, not a stack
+        logging.getLogger(__name__).exception("colorizing failed")
+        raise _refuse(f"This photo could not be colorized ({type(err).__name__}: {str(err)[:200]}). "
+                      "Try saving it as an ordinary RGB or greyscale JPEG or PNG.") from None
 
 
 # -------------------------------------------------------------------------------------------------------- UI
@@ -277,7 +289,7 @@ def build_demo(available: dict[str, Colorizer], unavailable: dict[str, str], set
                 raise _refuse(f"{colorizers.MODEL_TITLES[model]} is unavailable: {unavailable[model]}")
             path = _upload_path(upload)
             models = _choose([model], available)
-            result = colorize_models(read_image(path, settings.max_pixels), models).results[model]
+            result = colorize_checked(read_image(path, settings.max_pixels), models).results[model]
             return save_bytes_to_cache(_png(result.image), f"{_stem(path)}-{model}.png", api_result.GRADIO_CACHE)
 
         run.click(compare, [photo, chosen, slider_model],

@@ -20,7 +20,8 @@ from .color import lab_to_rgb_in_gamut, rgb_to_l
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
-_ALPHA_MODES = {"LA", "La", "RGBA", "RGBa", "PA"}
+_ALPHA_MODES = {"LA", "RGBA", "PA"}
+_PREMULTIPLIED = {"La": "LA", "RGBa": "RGBA"}
 
 
 class ABPredictor(Protocol):
@@ -50,6 +51,9 @@ def image_to_rgb_array(image: Image.Image) -> np.ndarray:
             peak = 65535.0
         gray = np.clip(np.nan_to_num(arr / peak), 0.0, 1.0).astype(np.float32)
         return np.repeat(gray[..., None], 3, axis=2)
+    if mode in _PREMULTIPLIED:  # Pillow converts these to RGB only through their straight-alpha modes
+        image = image.convert(_PREMULTIPLIED[mode])
+        mode = image.mode
     if mode == "P" and "transparency" in image.info:
         image, mode = image.convert("RGBA"), "RGBA"
     if mode in _ALPHA_MODES:

@@ -180,6 +180,18 @@ def test_shared_paracolorizer_pass_runs_each_generator_once_and_matches_each_mod
         assert np.abs(np.asarray(comparison.results[name].image, dtype=int) - alone).max() <= 1, name
 
 
+def test_a_model_failing_mid_request_gives_a_message_not_a_traceback(all_models, photo_file, tmp_path):
+    class OutOfMemory:
+        native_size = 256
+
+        def predict_ab(self, l):
+            raise RuntimeError("CPU out of memory while allocating 9 GB")
+
+    models = {**all_models, "cnn": colorizers.Colorizer("cnn", OutOfMemory())}
+    with pytest.raises(app.gr.Error, match="could not be colorized .RuntimeError: CPU out of memory"):
+        app.run_comparison(str(photo_file), ["cnn", "paracolorizer"], models, app.Settings(), str(tmp_path))
+
+
 def test_compare_refuses_an_empty_selection(all_models, photo_file, tmp_path):
     with pytest.raises(app.gr.Error, match="No model selected"):
         app.run_comparison(str(photo_file), [], all_models, app.Settings(), str(tmp_path))

@@ -16,7 +16,25 @@ from tests.helpers import random_image
 
 
 def lightness(image: Image.Image) -> np.ndarray:
+    """The pipeline's reading of an image's L (used where the input is plain RGB or grey)."""
     return rgb2lab(image_to_rgb_array(image))[..., 0]
+
+
+def expected_lightness(image: Image.Image) -> np.ndarray:
+    """L of an image in any mode computed without the pipeline: Pillow's own RGB conversion, transparency
+    composited over white by hand, 16-bit grey scaled by hand."""
+    if image.mode == "I;16":
+        grey = np.asarray(image, dtype=np.float64) / 65535.0
+        return rgb2lab(np.repeat(grey[..., None], 3, axis=2))[..., 0]
+    if image.mode == "I":
+        grey = np.asarray(image, dtype=np.float64) / 255.0
+        return rgb2lab(np.repeat(grey[..., None], 3, axis=2))[..., 0]
+    if image.mode in ("LA", "La", "RGBA", "RGBa", "PA"):
+        straight = image.convert("LA") if image.mode == "La" else image  # Pillow un-premultiplies La only to LA
+        rgba = np.asarray(straight.convert("RGBA"), dtype=np.float64) / 255.0
+        alpha = rgba[..., 3:]
+        return rgb2lab(rgba[..., :3] * alpha + (1.0 - alpha))[..., 0]
+    return rgb2lab(np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0)[..., 0]
 
 
 def chroma(image: Image.Image) -> float:
@@ -82,14 +100,15 @@ def _modes(photo: Image.Image) -> dict[str, Image.Image]:
         "L": small.convert("L"), "LA": rgba.convert("LA"), "RGB": small, "RGBA": rgba,
         "P": small.convert("P", palette=Image.Palette.ADAPTIVE), "CMYK": small.convert("CMYK"),
         "I;16": grey16, "1": small.convert("1"), "I": small.convert("I"),
+        "La": rgba.convert("LA").convert("La"), "RGBa": rgba.convert("RGBa"),
     }
 
 
-@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA", "P", "CMYK", "I;16", "1", "I"])
+@pytest.mark.parametrize("mode", ["L", "LA", "La", "RGB", "RGBA", "RGBa", "P", "CMYK", "I;16", "1", "I"])
 def test_every_image_mode(models, photo, mode):
     image = _modes(photo)[mode]
     assert image.mode == mode
-    expected_l = lightness(image)
+    expected_l = expected_lightness(image)
     for name in ("cnn", "paracolorizer"):
         out = models[name].colorize(image)
         assert out.size == image.size and out.mode == "RGB"
