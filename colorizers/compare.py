@@ -29,6 +29,7 @@ PARACOLORIZER_OUTPUTS = (*PARACOLORIZER_GENERATORS, "paracolorizer")
 class ModelResult:
     image: Image.Image
     seconds: float  # this model's own time (see the module docstring for the ParaColorizer family)
+    from_shared_pass: bool = False  # a generator result taken from ParaColorizer's pass rather than run alone
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,9 @@ class Comparison:
 
     @property
     def shares_paracolorizer_pass(self) -> bool:
-        return "paracolorizer" in self.results and any(n in self.results for n in PARACOLORIZER_GENERATORS)
+        """Whether a foreground/background result really came from ParaColorizer's pass (it does only when that
+        model is the very network ParaColorizer holds, as ``load_colorizers`` arranges)."""
+        return any(result.from_shared_pass for result in self.results.values())
 
 
 def _synchronize(device: str | torch.device) -> None:
@@ -82,11 +85,12 @@ class _SharedParaColorizerPass:
         return {name: generator.seconds for name, generator in self.generators.items()}
 
 
-def _finish(l_full: torch.Tensor, ab_full: torch.Tensor, seconds_so_far: float) -> ModelResult:
+def _finish(l_full: torch.Tensor, ab_full: torch.Tensor, seconds_so_far: float,
+            from_shared_pass: bool = False) -> ModelResult:
     """Recombine a model's full-resolution a,b with the photo's L, timing this step on top of the model's own."""
     start = time.perf_counter()
     image = tensor_to_image(recombine(l_full, ab_full))
-    return ModelResult(image, seconds_so_far + time.perf_counter() - start)
+    return ModelResult(image, seconds_so_far + time.perf_counter() - start, from_shared_pass)
 
 
 def _paracolorizer_family(para: Colorizer, l_full: torch.Tensor, models: dict[str, Colorizer]) -> dict[str, ModelResult]:
@@ -96,12 +100,14 @@ def _paracolorizer_family(para: Colorizer, l_full: torch.Tensor, models: dict[st
     ab_all = predict_full_resolution_ab(shared_pass, l_full, para.device)
     pass_seconds = time.perf_counter() - start
     ab = dict(zip(PARACOLORIZER_OUTPUTS, ab_all.split(2, dim=1)))
-    own_seconds = {**shared_pass.generator_seconds, "paracolorizer": pass_seconds}
     # A generator's own model can take its result from this pass when it is the very network ParaColorizer holds
     # (as with load_colorizers, which loads each network once).
     wanted = [name for name, generator in shared_pass.generators.items()
               if name in models and models[name].model is generator.net]
-    return {name: _finish(l_full, ab[name], own_seconds[name]) for name in (*wanted, "paracolorizer")}
+    seconds = shared_pass.generator_seconds
+    results = {name: _finish(l_full, ab[name], seconds[name], from_shared_pass=True) for name in wanted}
+    results["paracolorizer"] = _finish(l_full, ab["paracolorizer"], pass_seconds)
+    return results
 
 
 @torch.inference_mode()

@@ -175,6 +175,7 @@ def test_shared_paracolorizer_pass_runs_each_generator_once_and_matches_each_mod
         for hook in hooks:
             hook.remove()
     assert sorted(calls) == ["paracolorizer_bg", "paracolorizer_fg"]  # each generator ran once
+    assert comparison.shares_paracolorizer_pass
     for name, colorizer in family.items():
         alone = np.asarray(colorizer.colorize(photo), dtype=int)
         assert np.abs(np.asarray(comparison.results[name].image, dtype=int) - alone).max() <= 1, name
@@ -190,6 +191,15 @@ def test_a_model_failing_mid_request_gives_a_message_not_a_traceback(all_models,
     models = {**all_models, "cnn": colorizers.Colorizer("cnn", OutOfMemory())}
     with pytest.raises(app.gr.Error, match="could not be colorized .RuntimeError: CPU out of memory"):
         app.run_comparison(str(photo_file), ["cnn", "paracolorizer"], models, app.Settings(), str(tmp_path))
+
+
+def test_separately_loaded_generators_run_alone_and_the_summary_says_nothing_of_sharing(all_models, photo,
+                                                                                        random_weights_root):
+    separate = colorizers.load_colorizer("paracolorizer_fg", source=random_weights_root)  # not ParaColorizer's own
+    comparison = compare.colorize_models(photo, {"paracolorizer": all_models["paracolorizer"],
+                                                 "paracolorizer_fg": separate})
+    assert not comparison.shares_paracolorizer_pass
+    assert "run once" not in app._summary(comparison)
 
 
 def test_compare_refuses_an_empty_selection(all_models, photo_file, tmp_path):
