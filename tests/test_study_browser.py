@@ -10,8 +10,7 @@ import pytest
 
 from colorizers.study_store import StudyStore
 from tests.helpers import ARTIFACTS, CHROMIUM_ARGS, chromium_path
-from tests.test_study import small_settings
-from tests.test_study_app import MODELS, build
+from tests.study_helpers import MODELS, build, load_models, small_settings
 
 WAIT_MS = 90_000  # a shared CPU colouring a pair on first use can be slow
 SERVED_SRC = re.compile(r"/[0-9a-f]{32}\.jpg$")
@@ -21,9 +20,7 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def available(random_weights_root):
-    import colorizers
-    loaded, _ = colorizers.load_colorizers(MODELS, source=random_weights_root)
-    return loaded
+    return load_models(random_weights_root, MODELS)
 
 
 def test_participant_takes_the_study_by_clicking(available, tmp_path):
