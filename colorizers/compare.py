@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from .color import gray_to_rgb_from_l, rgb_to_l
+from .color import gray_to_rgb_from_l
 from .paracolorizer import ParaColorizer
-from .pipeline import Colorizer, image_to_tensor, predict_full_resolution_ab, recombine, tensor_to_image
+from .pipeline import Colorizer, image_to_l, predict_full_resolution_ab, recombine_to_image, tensor_to_image
 
 PARACOLORIZER_GENERATORS = ("paracolorizer_fg", "paracolorizer_bg")
 #: The outputs of ParaColorizer.predict_all, in the order the shared pass stacks them.
@@ -89,7 +89,7 @@ def _finish(l_full: torch.Tensor, ab_full: torch.Tensor, seconds_so_far: float,
             from_shared_pass: bool = False) -> ModelResult:
     """Recombine a model's full-resolution a,b with the photo's L, timing this step on top of the model's own."""
     start = time.perf_counter()
-    image = tensor_to_image(recombine(l_full, ab_full))
+    image = recombine_to_image(l_full, ab_full)
     return ModelResult(image, seconds_so_far + time.perf_counter() - start, from_shared_pass)
 
 
@@ -115,7 +115,7 @@ def colorize_models(image: Image.Image, models: dict[str, Colorizer]) -> Compari
     """Colorize ``image`` with each of ``models``: the image is converted to L once, and when ParaColorizer is
     among them its generators' predictions serve the foreground/background models too (computed once)."""
     begin = time.perf_counter()
-    l_full = rgb_to_l(image_to_tensor(image))
+    l_full = image_to_l(image)
     grey = tensor_to_image(gray_to_rgb_from_l(l_full)).convert("L")
     convert_seconds = time.perf_counter() - begin
 

@@ -76,6 +76,19 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(image_to_rgb_array(image)).permute(2, 0, 1)[None].contiguous()
 
 
+def image_to_l(image: Image.Image, band_pixels: int = 1 << 20) -> torch.Tensor:
+    """PIL image -> its L channel (1, 1, H, W) in [0, 100], converted in bands of rows so a large photo never
+    holds full-size float Lab temporaries."""
+    rgb = image_to_rgb_array(image)
+    height, width = rgb.shape[:2]
+    l_full = torch.empty(1, 1, height, width)
+    rows = max(1, band_pixels // max(width, 1))
+    for top in range(0, height, rows):
+        band = torch.from_numpy(rgb[top:top + rows]).permute(2, 0, 1)
+        l_full[0, :, top:top + rows] = rgb_to_l(band)
+    return l_full
+
+
 def tensor_to_image(rgb: torch.Tensor) -> Image.Image:
     """(1, 3, H, W) or (3, H, W) in [0, 1] -> 8-bit RGB PIL image."""
     if rgb.dim() == 4:
@@ -97,6 +110,21 @@ def recombine(l_full: torch.Tensor, ab_full: torch.Tensor) -> torch.Tensor:
     return lab_to_rgb_in_gamut(torch.cat([l_full, ab_full], dim=1))
 
 
+def recombine_to_image(l_full: torch.Tensor, ab_full: torch.Tensor, band_pixels: int = 1 << 20) -> Image.Image:
+    """``recombine`` for one image (batch 1), straight to an 8-bit PIL image, in bands of rows.
+
+    The colour conversion's float temporaries then cover one band (about a megapixel) instead of the whole
+    photo, which keeps a many-model comparison of a large photo within memory; every pixel's result is the same.
+    """
+    height, width = l_full.shape[-2:]
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    rows = max(1, band_pixels // max(width, 1))
+    for top in range(0, height, rows):
+        band = recombine(l_full[..., top:top + rows, :], ab_full[..., top:top + rows, :])[0]
+        out[top:top + rows] = (band.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+    return Image.fromarray(out, "RGB")
+
+
 @dataclass
 class Colorizer:
     """A loaded model behind the common pipeline: ``colorize(PIL.Image) -> PIL.Image``."""
@@ -116,5 +144,5 @@ class Colorizer:
 
     @torch.inference_mode()
     def colorize(self, image: Image.Image) -> Image.Image:
-        l_full = rgb_to_l(image_to_tensor(image))
-        return tensor_to_image(self.colorize_l(l_full))
+        l_full = image_to_l(image)
+        return recombine_to_image(l_full, predict_full_resolution_ab(self.model, l_full, self.device))

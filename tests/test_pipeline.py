@@ -142,3 +142,17 @@ def test_exif_orientation_is_applied(models, photo):
 def test_non_images_are_refused(models):
     with pytest.raises(TypeError, match="PIL image"):
         models["cnn"].colorize(np.zeros((4, 4)))
+
+
+def test_banded_conversion_equals_whole_image_conversion(photo):
+    """The pipeline converts large photos in bands of rows to bound memory: the result must not change."""
+    from colorizers.color import rgb_to_l
+    from colorizers.pipeline import image_to_l, image_to_tensor, recombine, recombine_to_image, tensor_to_image
+    image = photo.resize((301, 203))
+    whole_l = rgb_to_l(image_to_tensor(image))
+    banded_l = image_to_l(image, band_pixels=301 * 7 + 5)  # bands of 7 rows, the last one short
+    assert torch.equal(banded_l, whole_l)
+    ab = torch.randn(1, 2, 203, 301) * 70  # strong colours: many pixels need gamut mapping
+    whole = np.asarray(tensor_to_image(recombine(whole_l, ab)))
+    banded = np.asarray(recombine_to_image(whole_l, ab, band_pixels=301 * 7 + 5))
+    assert np.array_equal(banded, whole)
