@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import io
 import os
 import random
 import secrets
+import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -34,13 +37,13 @@ import torch
 from PIL import Image, ImageOps
 
 from .color import gray_to_rgb_from_l, rgb_to_l
-from .pipeline import Colorizer, image_to_tensor, tensor_to_image
+from .pipeline import IMAGE_EXTENSIONS, Colorizer, image_to_tensor, tensor_to_image
 from .study_store import SIDES, AnswerRejected, StudyStore, Trial, TrialSpec
+from .study_store import decision_case  # noqa: F401 (re-exported with the scoring)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PHOTOS = REPO_ROOT / "assets" / "study"
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "study"
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 #: Score of each case, cases 1..4 (index 0 is case 1).
 CASE_SCORES = (0.0, 0.25, 0.75, 1.0)
@@ -117,12 +120,8 @@ class StudySetupError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------------- scoring
 
-
-def decision_case(correct: bool, confident: bool) -> int:
-    """The paper's case (1..4) of one decision: did the participant pick the recolouring, and were they sure."""
-    if correct:
-        return 1 if confident else 2
-    return 4 if confident else 3
+# ``decision_case(correct, confident)`` (re-exported here) lives in ``study_store``, where each answer's case is
+# derived from the stored answer key.
 
 
 def fooling_score(case_counts: Sequence[Sequence[int]]) -> float:
@@ -226,6 +225,48 @@ def assign_trials(photos: Sequence[str], models: Sequence[str], settings: StudyS
     return trials
 
 
+def servable(trial: Trial, photos: Iterable[str], weights: Mapping[str, str]) -> bool:
+    """Whether ``trial`` can still be shown as planned: its model is under test (``weights``: model under test ->
+    identity of its loaded weights) with the weights it was planned with, and its photo is still there."""
+    return weights.get(trial.model) == trial.weights and trial.photo in photos
+
+
+def replan_trials(trials: Sequence[Trial], photos: Sequence[str], weights: Mapping[str, str],
+                  settings: StudySettings) -> dict[str, TrialSpec]:
+    """New plans, by trial id, for the participant's unanswered trials that are no longer ``servable`` (after a
+    restart with other weights, models or photos). Each keeps its phase, batch and side, and its model and photo
+    where they are still there; other weights of the same model just get the trial re-served with them. A model
+    no longer under test is replaced by the one under test this participant has been given least; a photo that
+    is gone by one they have not been given (not a practice photo for a scored pair, unless no other is left),
+    so no photo is shown twice."""
+    stale = [t for t in trials if not t.answered and not servable(t, photos, weights)]
+    if not stale:
+        return {}
+    rng = random.Random(f"replan/{settings.seed}/{stale[0].participant_id}")
+    models = list(weights)
+    kept = [t for t in trials if t.answered or servable(t, photos, weights)]
+    given = Counter(t.model for t in kept if t.phase == "scored")
+    used = {t.photo for t in trials}
+    practice = set(practice_photos(photos, settings)) if len(photos) >= settings.practice_pairs else set()
+    plans = {}
+    for trial in stale:
+        model = trial.model
+        if model not in weights:
+            model = min(rng.sample(models, len(models)), key=given.__getitem__)  # random among the least given
+        if trial.phase == "scored":
+            given[model] += 1
+        photo = trial.photo
+        if photo not in photos:
+            unused = [p for p in sorted(photos) if p not in used]
+            candidates = [p for p in unused if trial.phase == "practice" or p not in practice] or unused
+            if not candidates:
+                raise StudySetupError(photo_shortage(len(photos), settings))
+            photo = rng.choice(candidates)
+            used.add(photo)
+        plans[trial.id] = TrialSpec(trial.phase, trial.batch, photo, model, trial.recoloured_side)
+    return plans
+
+
 def photo_shortage(have: int, settings: StudySettings) -> str:
     return (f"The study needs {settings.photos_per_participant} different photos per participant "
             f"({settings.practice_pairs} practice + {settings.batches} batches x {settings.pairs_per_batch} "
@@ -251,13 +292,36 @@ def grey_version(photo: Image.Image) -> Image.Image:
     return tensor_to_image(gray_to_rgb_from_l(rgb_to_l(image_to_tensor(photo))))
 
 
-def save_blind(image: Image.Image, folder: Path, quality: int) -> Path:
-    """Encode ``image`` as a baseline JPEG with fixed settings and no metadata under a random name in ``folder``.
-    Both images of a pair go through here, so nothing but their pixels tells them apart."""
+def blind_jpeg(image: Image.Image, quality: int) -> bytes:
+    """``image`` as a baseline JPEG with fixed settings and no metadata."""
     pixels = Image.frombytes("RGB", image.size, image.convert("RGB").tobytes())  # drops EXIF, ICC, comments
-    path = folder / f"{secrets.token_hex(16)}.jpg"
-    pixels.save(path, "JPEG", quality=quality, subsampling="4:2:0", optimize=False, progressive=False)
-    return path
+    out = io.BytesIO()
+    pixels.save(out, "JPEG", quality=quality, subsampling="4:2:0", optimize=False, progressive=False)
+    return out.getvalue()
+
+
+def save_blind_pair(pair: Sequence[Image.Image], folder: Path, quality: int) -> tuple[Path, ...]:
+    """Write the images of a pair as JPEGs under random names in ``folder``, encoded identically (``blind_jpeg``)
+    and of the same size in bytes: the shorter files are padded with zero bytes after their end-of-image marker,
+    which decoders ignore. So nothing but their pixels tells the files apart."""
+    encoded = [blind_jpeg(image, quality) for image in pair]
+    size = max(len(data) for data in encoded)
+    paths = []
+    for data in encoded:
+        path = folder / f"{secrets.token_hex(16)}.jpg"
+        path.write_bytes(data.ljust(size, b"\0"))
+        paths.append(path)
+    return tuple(paths)
+
+
+def lower_thread_priority(niceness: int = 10) -> None:
+    """Make the calling thread (and the threads it starts, e.g. torch's) yield the CPU to the app's other threads.
+    Linux keeps a nice value per thread; elsewhere ``setpriority`` would lower the whole process, so it is left."""
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+        except OSError:  # e.g. not permitted in a sandbox: run at normal priority
+            pass
 
 
 class Stimuli:
@@ -266,11 +330,12 @@ class Stimuli:
 
     def __init__(self, photos_dir: Path, colorizers: Mapping[str, Colorizer], cache_dir: Path):
         self.photos = {p.name: p for p in sorted(Path(photos_dir).iterdir())
-                       if p.suffix.lower() in PHOTO_SUFFIXES} if Path(photos_dir).is_dir() else {}
+                       if p.suffix.lower() in IMAGE_EXTENSIONS} if Path(photos_dir).is_dir() else {}
         self.colorizers = dict(colorizers)
         self.weights = {name: weights_identity(c) for name, c in self.colorizers.items()}
         self.cache_dir = Path(cache_dir)
-        self._lock = threading.Lock()
+        self._locks: dict[Path, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
 
     def photo(self, name: str) -> Image.Image:
         with Image.open(self.photos[name]) as image:
@@ -282,11 +347,14 @@ class Stimuli:
 
     def recolouring(self, model: str, name: str) -> Image.Image:
         path = self._cache_path(model, name)
-        with self._lock:  # one recolouring at a time: the CPU is shared, and no pair is computed twice
+        with self._locks_lock:
+            lock = self._locks.setdefault(path, threading.Lock())
+        with lock:  # each recolouring is computed once; others are not held up meanwhile
             if not path.is_file():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 image = self.colorizers[model].colorize(grey_version(self.photo(name)))
-                staging = path.with_suffix(".tmp")
+                # A name of its own: another process (or a second app in this one) may write the same key.
+                staging = path.with_name(f"{path.stem}.{secrets.token_hex(8)}.tmp")
                 image.save(staging, "PNG")
                 os.replace(staging, path)
         with Image.open(path) as image:
@@ -338,10 +406,15 @@ class Study:
         self._served_lock = threading.Lock()
 
     def warm_cache_in_background(self) -> threading.Thread:
-        """Compute the missing recolourings in a background thread, which stops when the interpreter exits."""
+        """Compute the missing recolourings in a background thread at low priority, which stops when the
+        interpreter exits."""
         stop = threading.Event()
-        thread = threading.Thread(target=self.stimuli.warm, args=(self.models, stop), daemon=True,
-                                  name="study-recolourings")
+
+        def warm():
+            lower_thread_priority()  # participants' and the Compare tab's requests come first on a shared CPU
+            self.stimuli.warm(self.models, stop)
+
+        thread = threading.Thread(target=warm, daemon=True, name="study-recolourings")
         thread.start()
         atexit.register(lambda: (stop.set(), thread.join()))  # never kill it inside torch at exit
         return thread
@@ -367,14 +440,13 @@ class Study:
         trial = trials.get(trial_id)
         if trial is None:
             return Screen("intro", message="This page has expired. Press the button to continue the study.")
-        correct = choice == trial.recoloured_side
         try:
-            self.store.record_answer(trial, choice, confident, decision_case(correct, confident), time.time())
+            decision = self.store.record_answer(participant_id, trial.id, choice, confident, time.time())
         except AnswerRejected:
             return self._next(participant_id, "That pair had already been answered; here is your current pair.")
         if trial.phase == "practice":
             real = "left" if trial.recoloured_side == "right" else "right"
-            verdict = "Right!" if correct else "Not this time."
+            verdict = "Right!" if decision.correct else "Not this time."
             return Screen("feedback", participant_id, message=(
                 f"{verdict} The **{trial.recoloured_side}** image was recoloured by a computer; the {real} one "
                 "is the real photo. Practice answers are not scored."))
@@ -389,20 +461,28 @@ class Study:
     def _next(self, participant_id: str, message: str) -> Screen:
         trials = self.store.trials(participant_id)
         current = next((t for t in trials if not t.answered), None)
+        if current is not None and not servable(current, self.stimuli.photos, self.stimuli.weights):
+            # Planned before a restart with other weights, models or photos: plan the rest afresh, keep the answers.
+            self.store.replan(participant_id,
+                              lambda now: replan_trials(now, list(self.stimuli.photos), self.stimuli.weights,
+                                                        self.settings),
+                              self.stimuli.weights.__getitem__)
+            trials = self.store.trials(participant_id)
+            current = next((t for t in trials if not t.answered), None)
         if current is None:
             self._forget_served(participant_id)
             return Screen("done", participant_id, message=message)
         left, right = self._serve(current)
-        self.store.mark_shown(current.id, time.time())
+        self.store.mark_shown(current.id, time.time(), self.stimuli.weights[current.model])
         return Screen("trial", participant_id, current.id, left, right, _progress(trials, current), message)
 
     def _serve(self, trial: Trial) -> tuple[Path, Path]:
-        """Write the trial's pair for the browser (random names, identical encoding) and delete the
+        """Write the trial's pair for the browser (random names, identical encoding and byte size) and delete the
         participant's previous pair."""
         real = self.stimuli.photo(trial.photo)
         fake = self.stimuli.recolouring(trial.model, trial.photo)
         pair = (fake, real) if trial.recoloured_side == "left" else (real, fake)
-        paths = tuple(save_blind(image, self.serve_dir, self.settings.jpeg_quality) for image in pair)
+        paths = save_blind_pair(pair, self.serve_dir, self.settings.jpeg_quality)
         self._forget_served(trial.participant_id, keep=paths)
         return paths
 

@@ -3,7 +3,8 @@
 ``app.py`` calls ``build_study_tabs(available)`` inside its ``gr.Blocks``. The protocol, scoring and storage
 are in ``colorizers.study`` and ``colorizers.study_store``; this module only lays out the screens and wires the
 events. Every study event is private (not an API endpoint). The browser only ever receives the two images of
-the current pair, under random names, and which one is real stays on the server until it has been answered.
+the current pair, under random names, and the random id of its trial; which one is real stays on the server until
+it has been answered.
 """
 from __future__ import annotations
 
@@ -103,7 +104,10 @@ def _browser_secret(data_dir: Path) -> str:
 def _participant_tab(study: Study) -> dict[str, Callable]:
     participant = gr.BrowserState(None, storage_key=BROWSER_STORAGE_KEY,
                                   secret=_browser_secret(study.settings.data_dir))
-    trial = gr.State(None)  # the trial on screen; server side only
+    # The id of the trial on screen travels with the page, so an answer given after an app restart still counts.
+    # It is a random token that says nothing about the pair; the store accepts an answer only for the
+    # participant's current trial.
+    trial = gr.Textbox(None, visible=False, elem_id="study-trial")
     with gr.Column(visible=True) as intro:
         gr.Markdown(_instructions(study.settings))
         start_button = gr.Button("Start, or continue where I left off", variant="primary")

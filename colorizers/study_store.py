@@ -6,7 +6,10 @@ power cut or an OS crash, and its one fsync per answer is nothing at the rate pe
 own connection, so the store is safe to use from the app's worker threads and a restarted app simply reopens it.
 
 Integrity: an answer is accepted only for the participant's current trial (the first one without an answer, checked
-inside a write transaction), and ``answers.trial_id`` is the primary key, so no trial is ever answered twice.
+inside a write transaction), and ``answers.trial_id`` is the primary key, so no trial is ever answered twice. Whether
+the answer is right, and its case, are derived here, from the stored answer key, and nowhere else. A trial is an
+immutable plan (photo, model, weights, side): one that can no longer be served as planned is replaced by a new trial
+with a new id (``replan``), and an answered trial is never changed or removed (its answer references it).
 """
 from __future__ import annotations
 
@@ -18,10 +21,9 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TextIO
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence, TextIO
 
 SIDES = ("left", "right")
-PHASES = ("practice", "scored")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS participants (
@@ -30,16 +32,17 @@ CREATE TABLE IF NOT EXISTS participants (
     created_at  REAL NOT NULL              -- Unix time
 );
 CREATE TABLE IF NOT EXISTS trials (
-    id               TEXT PRIMARY KEY,     -- random, generated here
+    id               TEXT PRIMARY KEY,     -- random hex, generated here; travels with the participant's page
     participant_id   TEXT NOT NULL REFERENCES participants(id),
     position         INTEGER NOT NULL,     -- 0, 1, ...: the order the participant sees the pairs in
     phase            TEXT NOT NULL CHECK (phase IN ('practice', 'scored')),
     batch            INTEGER NOT NULL,     -- 1-based; 0 for the practice round
     photo            TEXT NOT NULL,
     model            TEXT NOT NULL,
-    weights          TEXT NOT NULL,        -- identity of the model's weights
+    weights          TEXT NOT NULL,        -- identity of the weights the pair is to be served with
     recoloured_side  TEXT NOT NULL CHECK (recoloured_side IN ('left', 'right')),
     shown_at         REAL,                 -- Unix time the pair was last sent to the participant
+    shown_weights    TEXT,                 -- identity of the weights whose recolouring was sent then
     UNIQUE (participant_id, position)
 );
 CREATE TABLE IF NOT EXISTS answers (
@@ -49,9 +52,32 @@ CREATE TABLE IF NOT EXISTS answers (
     correct         INTEGER NOT NULL CHECK (correct IN (0, 1)),
     case_number     INTEGER NOT NULL CHECK (case_number BETWEEN 1 AND 4),
     response_ms     INTEGER,
-    answered_at     REAL NOT NULL
+    answered_at     REAL NOT NULL,
+    weights         TEXT NOT NULL         -- identity of the weights whose recolouring the participant judged
 );
 """
+
+
+#: Columns added after the first release, with how existing rows are filled: (table, column, type, backfill SQL).
+_ADDED_COLUMNS = (
+    ("trials", "shown_weights", "TEXT", None),
+    ("answers", "weights", "TEXT NOT NULL DEFAULT ''",
+     "UPDATE answers SET weights = (SELECT t.weights FROM trials t WHERE t.id = answers.trial_id)"),
+)
+
+
+def decision_case(correct: bool, confident: bool) -> int:
+    """The paper's case (1..4) of one decision: did the participant pick the recolouring, and were they sure."""
+    if correct:
+        return 1 if confident else 2
+    return 4 if confident else 3
+
+
+class Decision(NamedTuple):
+    """What a recorded answer turned out to be."""
+
+    correct: bool
+    case_number: int
 
 
 class AnswerRejected(Exception):
@@ -95,7 +121,7 @@ class AnswerRow:
     batch: int
     photo: str
     model: str
-    weights: str
+    weights: str  # the weights whose recolouring was judged
     recoloured_side: str
     choice: str
     confident: bool
@@ -113,6 +139,12 @@ class StudyStore:
         with closing(self._connect()) as con:
             con.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the database file
             con.executescript(_SCHEMA)
+        with self._write() as con:  # a database written by an earlier version gets the newer columns
+            for table, column, kind, backfill in _ADDED_COLUMNS:
+                if column not in {r["name"] for r in con.execute(f"PRAGMA table_info({table})")}:
+                    con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                    if backfill:
+                        con.execute(backfill)
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -141,51 +173,64 @@ class StudyStore:
             number = con.execute("SELECT COUNT(*) FROM participants").fetchone()[0]
             con.execute("INSERT INTO participants (id, number, created_at) VALUES (?, ?, ?)",
                         (participant_id, number, time.time()))
-            con.executemany(
-                "INSERT INTO trials (id, participant_id, position, phase, batch, photo, model, weights, "
-                "recoloured_side) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(secrets.token_urlsafe(16), participant_id, position, t.phase, t.batch, t.photo, t.model,
-                  weights(t.model), t.recoloured_side) for position, t in enumerate(plan(number))],
-            )
+            _insert_trials(con, participant_id, enumerate(plan(number)), weights)
         return participant_id
 
     def trials(self, participant_id: str) -> list[Trial]:
         """The participant's trials in order (empty for an unknown participant)."""
         with closing(self._connect()) as con:
-            rows = con.execute(
-                "SELECT t.*, a.trial_id IS NOT NULL AS answered FROM trials t "
-                "LEFT JOIN answers a ON a.trial_id = t.id WHERE t.participant_id = ? ORDER BY t.position",
-                (participant_id,),
-            ).fetchall()
-        return [Trial(id=r["id"], participant_id=r["participant_id"], position=r["position"], phase=r["phase"],
-                      batch=r["batch"], photo=r["photo"], model=r["model"], weights=r["weights"],
-                      recoloured_side=r["recoloured_side"], answered=bool(r["answered"])) for r in rows]
+            return _trials(con, participant_id)
 
-    def mark_shown(self, trial_id: str, at: float) -> None:
+    def replan(self, participant_id: str, plan: Callable[[list[Trial]], Mapping[str, TrialSpec]],
+               weights: Callable[[str], str]) -> int:
+        """Replace unanswered trials of the participant in one write transaction. ``plan(trials)`` gets their
+        trials as they are inside the transaction and returns, by trial id, the new plan of each unanswered trial
+        to replace; each replacement gets a new id and keeps the old trial's position, so a page still showing the
+        old pair can no longer answer it. Answered trials are never touched. Returns how many were replaced."""
         with self._write() as con:
-            con.execute("UPDATE trials SET shown_at = ? WHERE id = ?", (at, trial_id))
+            trials = {t.id: t for t in _trials(con, participant_id)}
+            replacements = plan(list(trials.values()))
+            if any(trials[trial_id].answered for trial_id in replacements):
+                raise ValueError("an answered trial cannot be replanned")
+            for trial_id in replacements:
+                # Also refused by the database: answers.trial_id references the trial (foreign keys are on).
+                con.execute("DELETE FROM trials WHERE id = ?", (trial_id,))
+            _insert_trials(con, participant_id,
+                           [(trials[trial_id].position, spec) for trial_id, spec in replacements.items()], weights)
+        return len(replacements)
 
-    def record_answer(self, trial: Trial, choice: str, confident: bool, case_number: int, at: float) -> None:
-        """Store the answer to ``trial``; raises ``AnswerRejected`` unless it is the participant's current trial."""
+    def mark_shown(self, trial_id: str, at: float, weights: str) -> None:
+        """The trial's pair, with the recolouring of ``weights``, has been sent to the participant at ``at``."""
+        with self._write() as con:
+            con.execute("UPDATE trials SET shown_at = ?, shown_weights = ? WHERE id = ?", (at, weights, trial_id))
+
+    def record_answer(self, participant_id: str, trial_id: str, choice: str, confident: bool, at: float) -> Decision:
+        """Store the participant's answer to ``trial_id`` (``choice``: the side they picked as recoloured) and return
+        whether it was right and its case, derived from the stored answer key. Raises ``AnswerRejected`` unless it
+        is the participant's current trial."""
         with self._write() as con:
             current = con.execute(
-                "SELECT t.id, t.shown_at FROM trials t LEFT JOIN answers a ON a.trial_id = t.id "
+                "SELECT t.id, t.recoloured_side, t.weights, t.shown_at, t.shown_weights FROM trials t "
+                "LEFT JOIN answers a ON a.trial_id = t.id "
                 "WHERE t.participant_id = ? AND a.trial_id IS NULL ORDER BY t.position LIMIT 1",
-                (trial.participant_id,),
+                (participant_id,),
             ).fetchone()
-            if current is None or current["id"] != trial.id:
-                raise AnswerRejected(f"trial {trial.id} is not the current trial of its participant")
+            if current is None or current["id"] != trial_id:
+                raise AnswerRejected(f"trial {trial_id} is not the current trial of participant {participant_id}")
+            correct = choice == current["recoloured_side"]
+            decision = Decision(correct, decision_case(correct, confident))
             shown_at = current["shown_at"]
             response_ms = None if shown_at is None else round((at - shown_at) * 1000)
             try:
                 con.execute(
-                    "INSERT INTO answers (trial_id, choice, confident, correct, case_number, response_ms, "
-                    "answered_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (trial.id, choice, int(confident), int(choice == trial.recoloured_side), case_number,
-                     response_ms, at),
+                    "INSERT INTO answers (trial_id, choice, confident, weights, correct, case_number, response_ms, "
+                    "answered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (trial_id, choice, int(confident), current["shown_weights"] or current["weights"],
+                     int(decision.correct), decision.case_number, response_ms, at),
                 )
             except sqlite3.IntegrityError as err:
-                raise AnswerRejected(f"trial {trial.id} has already been answered") from err
+                raise AnswerRejected(f"trial {trial_id} has already been answered") from err
+        return decision
 
     def answers(self, phase: str | None = "scored") -> list[AnswerRow]:
         """Every given answer (of one phase, or of all with ``phase=None``), in the order they were given."""
@@ -193,7 +238,7 @@ class StudyStore:
         with closing(self._connect()) as con:
             rows = con.execute(
                 "SELECT p.id AS participant_id, p.number AS participant_number, t.id AS trial_id, t.position, "
-                "t.phase, t.batch, t.photo, t.model, t.weights, t.recoloured_side, a.choice, a.confident, "
+                "t.phase, t.batch, t.photo, t.model, a.weights, t.recoloured_side, a.choice, a.confident, "
                 "a.correct, a.case_number, a.response_ms, t.shown_at, a.answered_at "
                 "FROM answers a JOIN trials t ON t.id = a.trial_id JOIN participants p ON p.id = t.participant_id "
                 f"{where} ORDER BY a.answered_at, t.participant_id, t.position",
@@ -214,6 +259,28 @@ class StudyStore:
             record["answered_at"] = _iso(row.answered_at)
             writer.writerow(record)
         return len(rows)
+
+
+def _trials(con: sqlite3.Connection, participant_id: str) -> list[Trial]:
+    rows = con.execute(
+        "SELECT t.*, a.trial_id IS NOT NULL AS answered FROM trials t "
+        "LEFT JOIN answers a ON a.trial_id = t.id WHERE t.participant_id = ? ORDER BY t.position",
+        (participant_id,),
+    ).fetchall()
+    return [Trial(id=r["id"], participant_id=r["participant_id"], position=r["position"], phase=r["phase"],
+                  batch=r["batch"], photo=r["photo"], model=r["model"], weights=r["weights"],
+                  recoloured_side=r["recoloured_side"], answered=bool(r["answered"])) for r in rows]
+
+
+def _insert_trials(con: sqlite3.Connection, participant_id: str, planned: Iterable[tuple[int, TrialSpec]],
+                   weights: Callable[[str], str]) -> None:
+    """Insert planned trials (position, spec), each under a new random id."""
+    con.executemany(
+        "INSERT INTO trials (id, participant_id, position, phase, batch, photo, model, weights, recoloured_side) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(secrets.token_hex(16), participant_id, position, t.phase, t.batch, t.photo, t.model, weights(t.model),
+          t.recoloured_side) for position, t in planned],
+    )
 
 
 def _iso(unix_time: float | None) -> str:

@@ -4,8 +4,10 @@ Random-initialised weights only drive the plumbing here; no test reads their rec
 from __future__ import annotations
 
 import copy
-import re
+import io
+import os
 import sqlite3
+import sys
 import threading
 from collections import Counter
 from dataclasses import replace
@@ -18,55 +20,26 @@ from PIL import Image
 
 import colorizers
 from colorizers.study import (
-    CASE_SCORES, Study, StudySettings, StudySetupError, assign_trials, case_table, decision_case, fooling_score,
-    practice_photos, summarize,
+    CASE_SCORES, Study, StudySettings, StudySetupError, Stimuli, assign_trials, blind_jpeg, case_table,
+    decision_case, fooling_score, practice_photos, replan_trials, save_blind_pair, summarize,
 )
-from colorizers.study_store import AnswerRejected, StudyStore, TrialSpec
+from colorizers.study_store import AnswerRejected, Decision, StudyStore, Trial, TrialSpec
+from tests.study_helpers import SERVED_NAME, answer_all, load_models, small_settings
 
-ROOT = Path(__file__).resolve().parents[1]
 TABLE_III = [[6, 37, 52, 5], [12, 40, 40, 8], [6, 29, 55, 10], [7, 34, 49, 10]]
-SERVED_NAME = re.compile(r"^[0-9a-f]{32}\.jpg$")
-
-
-# ----------------------------------------------------------------------------------------- helpers (shared)
-
-
-def make_photos(folder: Path, count: int, long_side: int = 160) -> Path:
-    """``count`` of the shipped study photos, downscaled so the random-weight plumbing runs fast."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in sorted((ROOT / "assets" / "study").glob("*.jpg"))[:count]:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            image.thumbnail((long_side, long_side))
-            image.save(folder / path.name, quality=95)
-    return folder
-
-
-def small_settings(root: Path, photos: int = 6, **overrides) -> StudySettings:
-    """A study of 1 practice pair and 2 batches of 2 pairs (5 photos per participant)."""
-    values = dict(photos_dir=make_photos(root / "photos", photos), data_dir=root / "data", practice_pairs=1,
-                  batches=2, pairs_per_batch=2, bootstrap_samples=500)
-    return StudySettings(**{**values, **overrides})
-
-
-def answer_all(study: Study, participant_id: str | None = None, choice: str = "left", confident: bool = True):
-    """Take one participant through the whole study; returns their id."""
-    screen = study.start(participant_id)
-    while screen.kind != "done":
-        if screen.kind == "feedback":
-            screen = study.resume(screen.participant_id)
-        else:
-            screen = study.answer(screen.participant_id, screen.trial_id, choice, confident)
-    return screen.participant_id
 
 
 @pytest.fixture(scope="module")
-def available(tmp_path_factory):
-    from tests.helpers import write_random_weights
-    root = write_random_weights(tmp_path_factory.mktemp("study-weights"))
-    loaded, missing = colorizers.load_colorizers(source=root)
-    assert not missing
-    return loaded
+def available(random_weights_root):
+    return load_models(random_weights_root, colorizers.MODEL_NAMES)
+
+
+def retrained(colorizer: colorizers.Colorizer) -> colorizers.Colorizer:
+    """The same model with other weights, as after a retrain."""
+    model = copy.deepcopy(colorizer.model)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.1)
+    return colorizers.Colorizer(colorizer.name, model)
 
 
 # ----------------------------------------------------------------------------------------------------- scoring
@@ -211,9 +184,9 @@ def test_store_keeps_every_answer_across_a_reopen(tmp_path):
     store = StudyStore(tmp_path / "study.sqlite3")
     pid = store.create_participant(_plan, lambda model: "w1")
     first, second = store.trials(pid)[:2]
-    store.mark_shown(first.id, 100.0)
-    store.record_answer(first, "left", True, 1, 100.5)
-    store.record_answer(second, "left", False, 3, 101.0)
+    store.mark_shown(first.id, 100.0, "w1")
+    store.record_answer(pid, first.id, "left", True, 100.5)
+    store.record_answer(pid, second.id, "left", False, 101.0)
     del store  # the "app" goes away; nothing was held open
 
     reopened = StudyStore(tmp_path / "study.sqlite3")
@@ -227,18 +200,73 @@ def test_store_keeps_every_answer_across_a_reopen(tmp_path):
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_store_derives_correctness_and_case_from_its_answer_key(tmp_path):
+    store = StudyStore(tmp_path / "study.sqlite3")
+    pid = store.create_participant(  # the recolouring is on the right in every pair
+        lambda n: [TrialSpec("scored", 1, f"{i}.jpg", "cnn", "right") for i in range(4)], lambda model: "w")
+    picks = [("right", True), ("right", False), ("left", False), ("left", True)]
+    decisions = [store.record_answer(pid, t.id, choice, confident, 1.0)
+                 for t, (choice, confident) in zip(store.trials(pid), picks)]
+    assert decisions == [Decision(True, 1), Decision(True, 2), Decision(False, 3), Decision(False, 4)]
+    assert [(r.correct, r.case_number) for r in store.answers()] == [tuple(d) for d in decisions]
+
+
 def test_store_refuses_replayed_and_out_of_order_answers(tmp_path):
     store = StudyStore(tmp_path / "study.sqlite3")
     pid = store.create_participant(_plan, lambda model: "w")
+    other = store.create_participant(_plan, lambda model: "w")
     trials = store.trials(pid)
     with pytest.raises(AnswerRejected):
-        store.record_answer(trials[2], "left", True, 1, 1.0)  # not the current trial yet
-    store.record_answer(trials[0], "left", True, 1, 1.0)
+        store.record_answer(pid, trials[2].id, "left", True, 1.0)  # not the current trial yet
     with pytest.raises(AnswerRejected):
-        store.record_answer(trials[0], "right", True, 4, 2.0)  # replayed
+        store.record_answer(other, trials[0].id, "left", True, 1.0)  # someone else's trial
+    store.record_answer(pid, trials[0].id, "left", True, 1.0)
+    with pytest.raises(AnswerRejected):
+        store.record_answer(pid, trials[0].id, "right", True, 2.0)  # replayed
     assert len(store.answers(phase=None)) == 1
     with sqlite3.connect(tmp_path / "study.sqlite3") as con, pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
-        con.execute("INSERT INTO answers VALUES (?, 'right', 1, 0, 4, 0, 3.0)", (trials[0].id,))
+        con.execute("INSERT INTO answers VALUES (?, 'right', 1, 0, 4, 0, 3.0, 'w')", (trials[0].id,))
+
+
+def test_replan_replaces_unanswered_trials_only(tmp_path):
+    store = StudyStore(tmp_path / "study.sqlite3")
+    pid = store.create_participant(_plan, lambda model: "w1")
+    before = store.trials(pid)
+    store.record_answer(pid, before[0].id, "left", True, 1.0)
+    replaced = store.replan(pid, lambda trials: {t.id: TrialSpec(t.phase, t.batch, t.photo, "attention_ugan",
+                                                                 t.recoloured_side) for t in trials[1:]},
+                            lambda model: "w2")
+    after = store.trials(pid)
+    assert replaced == 3 and after[0] == replace(before[0], answered=True)
+    assert [(t.position, t.model, t.weights) for t in after[1:]] == [(p, "attention_ugan", "w2") for p in (1, 2, 3)]
+    assert not {t.id for t in after[1:]} & {t.id for t in before}  # new ids: an old page cannot answer them
+    with pytest.raises(ValueError, match="answered"):
+        store.replan(pid, lambda trials: {trials[0].id: TrialSpec("practice", 0, "b.jpg", "cnn", "left")},
+                     lambda model: "w2")
+    assert store.trials(pid) == after  # the failed replan changed nothing
+    assert [r.weights for r in store.answers(phase=None)] == ["w1"]
+
+
+def test_store_upgrades_a_database_of_the_first_version(tmp_path):
+    path = tmp_path / "study.sqlite3"
+    with sqlite3.connect(path) as con:  # the first release's schema: no answers.weights, no trials.shown_weights
+        con.executescript("""
+            CREATE TABLE participants (id TEXT PRIMARY KEY, number INTEGER NOT NULL UNIQUE, created_at REAL NOT NULL);
+            CREATE TABLE trials (id TEXT PRIMARY KEY, participant_id TEXT NOT NULL, position INTEGER NOT NULL,
+                phase TEXT NOT NULL, batch INTEGER NOT NULL, photo TEXT NOT NULL, model TEXT NOT NULL,
+                weights TEXT NOT NULL, recoloured_side TEXT NOT NULL, shown_at REAL, UNIQUE (participant_id, position));
+            CREATE TABLE answers (trial_id TEXT PRIMARY KEY, choice TEXT NOT NULL, confident INTEGER NOT NULL,
+                correct INTEGER NOT NULL, case_number INTEGER NOT NULL, response_ms INTEGER, answered_at REAL NOT NULL);
+            INSERT INTO participants VALUES ('p', 0, 1.0);
+            INSERT INTO trials VALUES ('t0', 'p', 0, 'scored', 1, 'a.jpg', 'cnn', 'w-old', 'left', 1.0),
+                                      ('t1', 'p', 1, 'scored', 1, 'b.jpg', 'cnn', 'w-old', 'left', NULL);
+            INSERT INTO answers VALUES ('t0', 'left', 1, 1, 1, 500, 1.5);
+        """)
+    store = StudyStore(path)
+    assert [(r.trial_id, r.weights, r.case_number) for r in store.answers()] == [("t0", "w-old", 1)]
+    store.mark_shown("t1", 2.0, "w-old")
+    store.record_answer("p", "t1", "right", False, 2.5)
+    assert [(r.weights, r.case_number, r.response_ms) for r in store.answers()][1] == ("w-old", 3, 500)
 
 
 def test_csv_has_every_raw_answer(tmp_path):
@@ -247,7 +275,7 @@ def test_csv_has_every_raw_answer(tmp_path):
     store = StudyStore(tmp_path / "study.sqlite3")
     pid = store.create_participant(_plan, lambda model: "w")
     for trial in store.trials(pid):
-        store.record_answer(trial, "right", False, 2, 1_700_000_000.0)
+        store.record_answer(pid, trial.id, "right", False, 1_700_000_000.0)
     out = io.StringIO()
     assert store.write_csv(out) == 4
     rows = list(csv.DictReader(io.StringIO(out.getvalue())))
@@ -328,6 +356,7 @@ def test_pairs_reach_the_browser_blind(tmp_path, available):
         assert images[0].quantization == images[1].quantization  # same quality
         assert images[0].info == images[1].info and not {"exif", "icc_profile", "comment"} & set(images[0].info)
         assert images[0].getexif() == images[1].getexif() == {}
+        assert screen.left.stat().st_size == screen.right.stat().st_size  # same number of bytes
         with Image.open(settings.photos_dir / trial.photo) as photo:
             real = np.asarray(photo.convert("RGB"), dtype=float)
         difference = [np.abs(np.asarray(im.convert("RGB"), dtype=float) - real).mean() for im in images]
@@ -368,3 +397,125 @@ def test_recolourings_are_computed_once_and_keyed_by_weights(tmp_path, available
     Study(settings, {"cnn_classifier": other}, tmp_path / "serve").start(None)
     assert other.calls == 1
     assert len({p.parent for p in cache.rglob("*.png")}) == 2
+
+
+def test_blind_pair_files_have_one_size_and_decode_unchanged(tmp_path):
+    rng = np.random.default_rng(0)
+    noisy = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))  # compresses badly
+    flat = Image.new("RGB", (64, 48), (200, 120, 40))  # compresses well
+    paths = save_blind_pair([flat, noisy], tmp_path, quality=90)
+    encoded = [blind_jpeg(image, 90) for image in (flat, noisy)]
+    assert len(encoded[0]) < len(encoded[1])
+    assert [p.stat().st_size for p in paths] == [len(encoded[1])] * 2
+    padded = paths[0].read_bytes()
+    assert padded.startswith(encoded[0]) and not padded[len(encoded[0]):].strip(b"\0")  # zeros after the EOI
+    for path, data in zip(paths, encoded):
+        with Image.open(path) as served, Image.open(io.BytesIO(data)) as unpadded:
+            assert np.array_equal(np.asarray(served), np.asarray(unpadded))
+            assert served.info == unpadded.info
+
+
+def _trial(i, photo, model="cnn", weights="w1", phase="scored", answered=False, side="left"):
+    return Trial(f"t{i}", "p", i, phase, 0 if phase == "practice" else 1 + (i > 2), photo, model, weights, side,
+                 answered)
+
+
+def test_replan_keeps_what_it_can_and_replaces_what_is_gone():
+    settings = StudySettings(practice_pairs=1, batches=2, pairs_per_batch=2)
+    photos = [f"{c}.jpg" for c in "abcdefg"]
+    (practice,) = practice_photos(photos, settings)
+    scored = [p for p in photos if p != practice]
+    trials = [_trial(0, practice, phase="practice", answered=True), _trial(1, scored[0], answered=True),
+              _trial(2, scored[1]), _trial(3, scored[2], model="gone"), _trial(4, "removed.jpg", side="right")]
+
+    assert replan_trials(trials, photos, {"cnn": "w1", "gone": "w1"}, settings).keys() == {"t4"}
+    plans = replan_trials(trials, photos, {"cnn": "w1", "attention_ugan": "w1"}, settings)
+    assert plans.keys() == {"t3", "t4"}  # t2 is servable as planned; answered trials are never replanned
+    assert plans["t3"] == TrialSpec("scored", 2, scored[2], "attention_ugan", "left")  # the least given model
+    assert plans["t4"].photo in scored[3:]  # a photo this participant has not been given, not a practice one
+    assert replace(plans["t4"], photo="?") == TrialSpec("scored", 2, "?", "cnn", "right")
+
+    plans = replan_trials(trials, photos, {"cnn": "w2"}, settings)  # other weights for cnn
+    assert plans.keys() == {"t2", "t3", "t4"}
+    assert plans["t2"] == TrialSpec("scored", 1, scored[1], "cnn", "left")  # the same pair, re-served
+    assert plans["t3"].model == plans["t4"].model == "cnn"
+
+
+def test_participant_continues_after_a_restart_with_other_weights_models_and_photos(tmp_path, available):
+    settings = small_settings(tmp_path, models=("cnn_classifier", "attention_ugan"))
+    study = Study(settings, available, tmp_path / "serve")
+    screen = study.start(None)
+    pid = screen.participant_id
+    study.answer(pid, screen.trial_id, "left", True)  # practice
+    screen = study.resume(pid)
+    screen = study.answer(pid, screen.trial_id, "right", False)  # scored pair 1
+    stale_page = screen.trial_id
+    before = study.store.answers(phase=None)
+    old_weights = study.stimuli.weights["cnn_classifier"]
+    assert [r.weights for r in before] == [study.stimuli.weights[r.model] for r in before]
+
+    # The organiser retrains cnn_classifier, drops attention_ugan and removes a photo this participant has yet to see.
+    unseen = next(t.photo for t in study.store.trials(pid) if not t.answered)
+    os.remove(settings.photos_dir / unseen)
+    new = {"cnn_classifier": retrained(available["cnn_classifier"])}
+    restarted = Study(replace(settings, models=("cnn_classifier",)), new, tmp_path / "serve")
+    new_weights = restarted.stimuli.weights["cnn_classifier"]
+    assert new_weights != old_weights
+    screen = restarted.start(pid)
+    assert screen.kind == "trial" and "answered 2 of 5" in screen.message
+    assert restarted.answer(pid, stale_page, "left", True).kind == "intro"  # the old pair cannot be answered now
+    assert answer_all(restarted, pid) == pid
+
+    rows = sorted(restarted.store.answers(phase=None), key=lambda r: r.position)
+    assert rows[:2] == sorted(before, key=lambda r: r.position)  # the given answers, untouched
+    assert [r.position for r in rows] == list(range(5)) and len({r.photo for r in rows}) == 5
+    assert unseen not in {r.photo for r in rows}
+    assert [(r.model, r.weights) for r in rows[2:]] == [("cnn_classifier", new_weights)] * 3
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a nice value per thread is Linux's")
+def test_warm_up_runs_at_low_priority(tmp_path, available, monkeypatch):
+    study = Study(small_settings(tmp_path, models=("cnn_classifier",)), available, tmp_path / "serve")
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen = []
+    monkeypatch.setattr(study.stimuli, "warm", lambda models, stop: seen.append(
+        os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+    study.warm_cache_in_background().join()
+    assert seen == [min(mine + 10, 19)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine  # only that thread yields
+
+
+def test_a_recolouring_in_progress_does_not_hold_up_other_pairs(tmp_path, available):
+    inner = available["cnn_classifier"]
+    started, release = threading.Event(), threading.Event()
+
+    class SlowFirst:  # the first recolouring waits until released
+        model, calls = inner.model, 0
+
+        def colorize(self, image):
+            SlowFirst.calls += 1
+            if SlowFirst.calls == 1:
+                started.set()
+                release.wait(30)
+            return inner.colorize(image)
+
+    photos = small_settings(tmp_path, photos=2).photos_dir
+    stimuli = Stimuli(photos, {"cnn_classifier": SlowFirst()}, tmp_path / "cache")
+    first, second = stimuli.photos
+    slow = threading.Thread(target=stimuli.recolouring, args=("cnn_classifier", first))
+    slow.start()
+    try:
+        assert started.wait(30)
+        other = threading.Thread(target=stimuli.recolouring, args=("cnn_classifier", second))
+        other.start()
+        other.join(20)
+        assert not other.is_alive()  # another pair is computed meanwhile
+    finally:
+        release.set()
+        slow.join()
+    same = [threading.Thread(target=stimuli.recolouring, args=("cnn_classifier", first)) for _ in range(2)]
+    for t in same:
+        t.start()
+    for t in same:
+        t.join()
+    assert SlowFirst.calls == 2  # each pair computed once

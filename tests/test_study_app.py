@@ -15,32 +15,23 @@ from gradio.state_holder import SessionState
 
 import colorizers
 from colorizers import study_app
-from colorizers.study_app import ANSWERS, build_study_tabs
+from colorizers.study_app import ANSWERS
 from colorizers.study_store import StudyStore
-from tests.test_study import SERVED_NAME, small_settings
-
-MODELS = ("cnn_classifier", "attention_ugan")  # the faster random-weight models keep this CPU test short
+from tests.study_helpers import MODELS, SERVED_NAME, build, load_models, small_settings
 
 
 @pytest.fixture(scope="module")
 def available(random_weights_root):
-    loaded, missing = colorizers.load_colorizers(MODELS, source=random_weights_root)
-    assert not missing
-    return loaded
-
-
-def build(available, settings) -> tuple[gr.Blocks, study_app.StudyTabs]:
-    with gr.Blocks() as demo:
-        tabs = build_study_tabs(available, settings)
-    return demo, tabs
+    return load_models(random_weights_root)
 
 
 class Browser:
     """One participant's browser tab: sends the study's events through ``demo.process_api`` with its own session
-    state, keeps the BrowserState value as the browser's localStorage would, and reads outputs by elem_id."""
+    state, keeps the BrowserState value as the browser's localStorage would and the page's hidden trial id as the
+    page would, and reads outputs by elem_id."""
 
-    def __init__(self, demo: gr.Blocks, stored_id: str | None = None):
-        self.demo, self.session, self.stored_id = demo, SessionState(demo), stored_id
+    def __init__(self, demo: gr.Blocks, stored_id: str | None = None, trial_id: str | None = None):
+        self.demo, self.session, self.stored_id, self.trial_id = demo, SessionState(demo), stored_id, trial_id
         self.fns = [f for f in demo.fns.values() if f.name in ("start", "answer", "next_pair")]
         self.payloads: list[str] = []
 
@@ -54,6 +45,8 @@ class Browser:
                     self.stored_id = value
             elif component.elem_id:
                 out[component.elem_id] = value
+        if "study-trial" in out:
+            self.trial_id = _value(out["study-trial"])
         return out
 
     def start(self) -> dict:
@@ -62,7 +55,7 @@ class Browser:
 
     def answer(self, label: str) -> dict:
         (fn,) = [f for f in self.fns if f.name == "answer" and f.inputs[0].value == label]
-        return self._send(fn, [label, self.stored_id, None])  # the trial id comes from the server's session
+        return self._send(fn, [label, self.stored_id, self.trial_id])  # the trial id the page holds
 
     def next_pair(self) -> dict:
         (fn,) = [f for f in self.fns if f.name == "next_pair"]
@@ -78,6 +71,10 @@ class Browser:
             else:
                 out = self.answer(labels[i % len(labels)])
         raise AssertionError("the study did not end")
+
+
+def _value(update):
+    return update.get("value") if isinstance(update, dict) and "__type__" in update else update
 
 
 def _visible(update) -> bool:
@@ -198,6 +195,33 @@ def test_participant_continues_after_an_app_restart(available, tmp_path):
         second.close()
     rows = StudyStore(settings.database).answers(phase=None)
     assert len(rows) == settings.photos_per_participant and {r.participant_id for r in rows} == {browser.stored_id}
+
+
+def test_the_pair_on_screen_is_answered_after_an_app_restart(available, tmp_path):
+    settings = small_settings(tmp_path, photos=5, models=MODELS)
+    first, _ = build(available, settings)
+    first.launch(prevent_thread_lock=True, quiet=True)
+    page = Browser(first)
+    page.start()
+    page.answer("Left, I'm sure")
+    out = page.next_pair()
+    assert out["study-progress"]["value"] == "Batch 1 of 2, pair 1 of 2" and page.trial_id
+    first.close()
+
+    second, _ = build(available, settings)  # restarted on the same data while the page stays open
+    second.launch(prevent_thread_lock=True, quiet=True)
+    try:
+        same_page = Browser(second, stored_id=page.stored_id, trial_id=page.trial_id)  # a new server session
+        out = same_page.answer("Right, I'm not sure")
+        assert out["study-progress"]["value"] == "Batch 1 of 2, pair 2 of 2" and not out["study-notice"]["value"]
+        replay = Browser(second, stored_id=page.stored_id, trial_id=page.trial_id).answer("Left, I'm sure")
+        assert "already been answered" in replay["study-notice"]["value"]
+        forged = Browser(second, stored_id=page.stored_id, trial_id="0" * 32).answer("Left, I'm sure")
+        assert "expired" in forged["study-notice"]["value"]
+    finally:
+        second.close()
+    rows = sorted(StudyStore(settings.database).answers(phase=None), key=lambda r: r.position)
+    assert [(r.phase, r.choice, r.confident) for r in rows] == [("practice", "left", True), ("scored", "right", False)]
 
 
 def test_study_without_models_says_why(tmp_path):
