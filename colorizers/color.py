@@ -3,7 +3,7 @@
 Every model in this project predicts the a,b channels of Lab from L (DTU report section 1; ParaColorizer
 section III and Fig. 3), so this module is the single place where colour is converted and normalised.
 Training uses the same functions, which is why they are written in torch (autograd flows through them)
-rather than with scikit-image; ``tests/test_color.py`` checks them against scikit-image.
+rather than with scikit-image; ``tests/test_pipeline.py`` checks them against scikit-image.
 
 Conventions:
 - RGB tensors are float in [0, 1], shape ``(..., 3, H, W)``.
