@@ -1,5 +1,5 @@
 """Inference benchmark (not a test): per-model latency, ParaColorizer next to the paper's 24 ms, batched throughput,
-the app's whole compare request and its resident memory. Prints one table with the targets beside the numbers.
+the app's whole compare request (1024x768, and at the pixel cap) and its resident memory. Prints one table with the targets beside the numbers.
 
     python benchmarks/inference.py                       # the bundled weights (or $COLORIZERS_WEIGHTS)
     python benchmarks/inference.py --weights ROOT        # a weights root: folder or Hub repo id[@revision]
@@ -128,6 +128,21 @@ def bench_compare(available: dict, settings: app.Settings, args, table: Table) -
               f"{comparison.seconds:.2f} s: {per_model}")
 
 
+def bench_compare_at_cap(available: dict, settings: app.Settings, table: Table) -> None:
+    """One compare request for the largest photo the app accepts (``settings.max_pixels``, 4:3): its time, and the
+    process's peak resident memory after it (the app's worst case)."""
+    width = int((settings.max_pixels * 4 / 3) ** 0.5)
+    height = settings.max_pixels // width
+    with tempfile.TemporaryDirectory() as tmp:
+        photo = Path(tmp) / f"photo-{width}x{height}.png"
+        Image.open(COMPARE_PHOTO).convert("L").resize((width, height)).save(photo, compress_level=1)
+        start = time.perf_counter()
+        app.run_comparison(str(photo), list(available), available, settings, tmp)
+        seconds = time.perf_counter() - start
+    table.add(f"compare request at the pixel cap, {width}x{height}", settings.device, f"{seconds:.1f} s")
+    table.add("app peak resident memory, after the cap request", "cpu", f"{peak_rss_mb():.0f} MB", "<= 2 GB")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
@@ -140,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--compare-repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=256, help="batch size of the CUDA throughput run")
+    parser.add_argument("--skip-cap", action="store_true", help="skip the compare request at the pixel cap")
     args = parser.parse_args(argv)
 
     settings = app.Settings(threads=args.threads)  # otherwise the app's defaults (CPU)
@@ -166,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         # Before any CUDA work, whose context would count too: the app's imports, its models, compare requests.
         table.add("app peak resident memory", "cpu",
                   f"{peak_rss_mb():.0f} MB ({rss_loaded:.0f} MB once all models were loaded)", "<= 2 GB")
+        if not args.skip_cap:
+            bench_compare_at_cap(available, settings, table)
         if torch.cuda.is_available():
             bench_device(available, "cuda", source, args, table)
         print()

@@ -145,7 +145,14 @@ def rgb_to_l(rgb: torch.Tensor) -> torch.Tensor:
     return rgb_to_lab(rgb)[..., :1, :, :]
 
 
+def l_to_gray(l: torch.Tensor) -> torch.Tensor:
+    """The sRGB grey level (..., 1, H, W) in [0, 1] of colours with lightness L and a = b = 0.
+
+    With a = b = 0, XYZ is the white point scaled by Y = f^-1((L + 16) / 116), and sRGB's white is (1, 1, 1), so
+    the grey needs one channel of work instead of a three-channel Lab conversion (large photos)."""
+    return linear_to_srgb(_f_inv((l + 16.0) / 116.0).clamp(0.0, 1.0))
+
+
 def gray_to_rgb_from_l(l: torch.Tensor) -> torch.Tensor:
     """A grey sRGB image with the given L (a = b = 0)."""
-    lab = torch.cat([l, torch.zeros_like(l), torch.zeros_like(l)], dim=-3)
-    return lab_to_rgb(lab)
+    return l_to_gray(l).expand(*l.shape[:-3], 3, *l.shape[-2:])

@@ -3,7 +3,7 @@
 The photo is converted to L once for all models. When ``paracolorizer`` is among the models, one
 ``ParaColorizer.predict_all`` pass (section III-C, Fig. 10) also supplies the foreground and background
 generators' results, so neither generator runs twice. Each model still goes through the one pipeline
-(``predict_full_resolution_ab`` then ``recombine``).
+(``predict_native_ab``, then ``upsample_ab`` and ``recombine`` one model at a time).
 
 Times: each generator's time is its own prediction plus putting its colours on the photo; ParaColorizer's time is
 the whole shared pass (both generators and the DenseFuse fusion step) plus its own finishing.
@@ -13,12 +13,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 
-from .color import gray_to_rgb_from_l
+from .color import l_to_gray
 from .paracolorizer import ParaColorizer
-from .pipeline import Colorizer, image_to_l, predict_full_resolution_ab, recombine_to_image, tensor_to_image
+from .pipeline import Colorizer, image_to_l, predict_native_ab, recombine_to_image, upsample_ab
 
 PARACOLORIZER_GENERATORS = ("paracolorizer_fg", "paracolorizer_bg")
 #: The outputs of ParaColorizer.predict_all, in the order the shared pass stacks them.
@@ -85,11 +86,12 @@ class _SharedParaColorizerPass:
         return {name: generator.seconds for name, generator in self.generators.items()}
 
 
-def _finish(l_full: torch.Tensor, ab_full: torch.Tensor, seconds_so_far: float,
+def _finish(l_full: torch.Tensor, ab_small: torch.Tensor, seconds_so_far: float,
             from_shared_pass: bool = False) -> ModelResult:
-    """Recombine a model's full-resolution a,b with the photo's L, timing this step on top of the model's own."""
+    """Up-sample a model's native-size a,b and recombine them with the photo's L, timing this on top of the
+    model's own time. One model's full-resolution a,b exist at a time, which bounds memory on large photos."""
     start = time.perf_counter()
-    image = recombine_to_image(l_full, ab_full)
+    image = recombine_to_image(l_full, upsample_ab(ab_small, l_full.shape[-2:]))
     return ModelResult(image, seconds_so_far + time.perf_counter() - start, from_shared_pass)
 
 
@@ -97,7 +99,7 @@ def _paracolorizer_family(para: Colorizer, l_full: torch.Tensor, models: dict[st
     """ParaColorizer and, from the same pass, those of its own generators that ``models`` asks for."""
     shared_pass = _SharedParaColorizerPass(para.model, para.device)
     start = time.perf_counter()
-    ab_all = predict_full_resolution_ab(shared_pass, l_full, para.device)
+    ab_all = predict_native_ab(shared_pass, l_full, para.device)
     pass_seconds = time.perf_counter() - start
     ab = dict(zip(PARACOLORIZER_OUTPUTS, ab_all.split(2, dim=1)))
     # A generator's own model can take its result from this pass when it is the very network ParaColorizer holds
@@ -116,14 +118,14 @@ def colorize_models(image: Image.Image, models: dict[str, Colorizer]) -> Compari
     among them its generators' predictions serve the foreground/background models too (computed once)."""
     begin = time.perf_counter()
     l_full = image_to_l(image)
-    grey = tensor_to_image(gray_to_rgb_from_l(l_full)).convert("L")
+    grey = Image.fromarray((l_to_gray(l_full)[0, 0].numpy() * 255.0 + 0.5).astype(np.uint8), "L")
     convert_seconds = time.perf_counter() - begin
 
     results = _paracolorizer_family(models["paracolorizer"], l_full, models) if "paracolorizer" in models else {}
     for name, colorizer in models.items():
         if name not in results:
             start = time.perf_counter()
-            ab_full = predict_full_resolution_ab(colorizer.model, l_full, colorizer.device)
-            results[name] = _finish(l_full, ab_full, time.perf_counter() - start)
+            ab_small = predict_native_ab(colorizer.model, l_full, colorizer.device)
+            results[name] = _finish(l_full, ab_small, time.perf_counter() - start)
     ordered = {name: results[name] for name in models}
     return Comparison(grey, ordered, convert_seconds, time.perf_counter() - begin)

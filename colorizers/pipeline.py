@@ -97,12 +97,21 @@ def tensor_to_image(rgb: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr, "RGB")
 
 
-def predict_full_resolution_ab(model: ABPredictor, l_full: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
-    """Run ``model`` at its native size on ``l_full`` (B, 1, H, W) and up-sample its a,b to (B, 2, H, W)."""
+def predict_native_ab(model: ABPredictor, l_full: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Run ``model`` at its native size on ``l_full`` (B, 1, H, W), resized with antialiasing: a,b (B, 2, S, S)."""
     size = (model.native_size, model.native_size)
     l_small = F.interpolate(l_full, size=size, mode="bilinear", antialias=True, align_corners=False)
-    ab_small = model.predict_ab(l_small.to(device)).float().cpu()
-    return F.interpolate(ab_small, size=l_full.shape[-2:], mode="bilinear", align_corners=False)
+    return model.predict_ab(l_small.to(device)).float().cpu()
+
+
+def upsample_ab(ab_small: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Native-size a,b -> a,b at the photo's full resolution (bilinear)."""
+    return F.interpolate(ab_small, size=size, mode="bilinear", align_corners=False)
+
+
+def predict_full_resolution_ab(model: ABPredictor, l_full: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Run ``model`` at its native size on ``l_full`` (B, 1, H, W) and up-sample its a,b to (B, 2, H, W)."""
+    return upsample_ab(predict_native_ab(model, l_full, device), l_full.shape[-2:])
 
 
 def recombine(l_full: torch.Tensor, ab_full: torch.Tensor) -> torch.Tensor:
