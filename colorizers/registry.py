@@ -12,7 +12,6 @@ def register_network(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     def wrap(cls: type[nn.Module]) -> type[nn.Module]:
         if name in NETWORKS:
             raise ValueError(f"network {name!r} registered twice")
-        cls.network_name = name
         NETWORKS[name] = cls
         return cls
     return wrap

@@ -22,7 +22,6 @@ class ColorizationNet(
     """Base class: ``forward(l_norm) -> ab_norm`` at ``native_size``; ``predict_ab(L) -> ab`` in Lab units."""
 
     native_size: int = 256
-    network_name: str = ""
 
     def predict_ab(self, l: torch.Tensor) -> torch.Tensor:
         """L in [0, 100], shape (B, 1, S, S) with S = native_size -> a,b in Lab units, (B, 2, S, S)."""

@@ -54,8 +54,6 @@ class DenseFuse(nn.Module, PyTorchModelHubMixin, library_name="colorizers", tags
     ``strategy`` and decodes (Fig. 10).
     """
 
-    native_size = 256
-
     def __init__(self, channels: int = 3, width: int = 16, strategy: str = "l1_norm"):
         super().__init__()
         if strategy not in FUSION_STRATEGIES:
