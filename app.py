@@ -70,17 +70,23 @@ class Settings:
     concurrency: int = 1          # COLORIZERS_CONCURRENCY: colorization requests running at once
     threads: int = field(default_factory=_usable_cpus)  # COLORIZERS_THREADS: torch CPU threads per request
     device: str = "cpu"           # COLORIZERS_DEVICE: cpu or cuda (default cuda when there is one)
+    precision: str = "auto"       # COLORIZERS_PRECISION: auto (bf16 where the device does it natively), bf16, fp32
     weights: str | None = None    # weights root; None: colorizers' default ($COLORIZERS_WEIGHTS or the bundled)
 
     @classmethod
     def from_env(cls, environ=os.environ) -> Settings:
         defaults = cls()
         device = environ.get("COLORIZERS_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+        precision = environ.get(colorizers.PRECISION_ENV, "").strip().lower() or defaults.precision
+        if precision not in colorizers.PRECISIONS:
+            raise ValueError(f"{colorizers.PRECISION_ENV} must be one of {', '.join(colorizers.PRECISIONS)}, "
+                             f"got {precision!r}")
         return cls(
             max_pixels=_env_int(environ, "COLORIZERS_MAX_PIXELS", defaults.max_pixels),
             concurrency=_env_int(environ, "COLORIZERS_CONCURRENCY", defaults.concurrency),
             threads=_env_int(environ, "COLORIZERS_THREADS", defaults.threads),
             device=device,
+            precision=precision,
         )
 
 
@@ -192,11 +198,14 @@ def _upload_path(upload) -> str | None:
 
 
 def model_status(available: dict, unavailable: dict[str, str], weights: str | None) -> str:
-    """Markdown listing every model: ready, or unavailable with the reason."""
+    """Markdown listing every model: ready, or unavailable with the reason; and where the models run, in which
+    precision."""
     lines = [] if available else [
         "**No model can run yet: no trained weights were found.** Train the models with `python -m train`, or "
         "point `COLORIZERS_WEIGHTS` at a weights folder or Hugging Face repo, then restart the app.", ""]
-    lines += [f"**Models** (weights: `{describe_source(weights)}`)", ""]
+    running = sorted({(str(c.device), c.precision) for c in available.values()})
+    where = " and ".join(f"`{device}` in `{precision}`" for device, precision in running)
+    lines += [f"**Models** (weights: `{describe_source(weights)}`)" + (f", running on {where}" if where else ""), ""]
     for name in colorizers.MODEL_NAMES:
         title = colorizers.MODEL_TITLES[name]
         if name in available:
@@ -306,9 +315,13 @@ def build_demo(available: dict[str, Colorizer], unavailable: dict[str, str], set
 
 
 def main() -> None:
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as err:  # a bad setting: say which, not a traceback
+        raise SystemExit(f"error: {err}") from None
     torch.set_num_threads(settings.threads)
-    available, unavailable = colorizers.load_colorizers(source=settings.weights, device=settings.device)
+    available, unavailable = colorizers.load_colorizers(source=settings.weights, device=settings.device,
+                                                        precision=settings.precision)
     build_demo(available, unavailable, settings).launch(max_file_size=MAX_UPLOAD)
 
 

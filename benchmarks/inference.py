@@ -1,13 +1,18 @@
 """Inference benchmark (not a test): per-model latency, ParaColorizer next to the paper's 24 ms, batched throughput,
-the app's whole compare request (1024x768, and at the pixel cap) and its resident memory. Prints one table with the targets beside the numbers.
+the app's whole compare request (1024x768, and at the pixel cap) and its resident memory. Prints one table with the targets beside the numbers,
+float32 and bf16 (autocast + channels-last, ``colorizers/precision.py``) side by side.
 
     python benchmarks/inference.py                       # the bundled weights (or $COLORIZERS_WEIGHTS)
     python benchmarks/inference.py --weights ROOT        # a weights root: folder or Hub repo id[@revision]
     python benchmarks/inference.py --random-weights      # untrained default-width networks, for timing only
+    python benchmarks/inference.py --precisions fp32     # one precision only (default: fp32 and bf16)
 
 Latency is the median of ``--repeats`` runs after ``--warmup`` runs, with CUDA synchronised around each run. A model's
 latency is the whole pipeline at 256x256 (resize, network, up-sampling, recombination) except for
 ``paracolorizer (network only)``, which times ParaColorizer's networks alone, as the paper's 24 ms does.
+bf16 is measured even where the device does not do it natively (there it is emulated, and slower); the header says
+which precision the app's ``auto`` picks here. The request at the pixel cap runs in that precision only, and the
+peak resident memory covers the runs of every precision measured.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import app  # noqa: E402  (the app's own compare request is measured)
 import colorizers  # noqa: E402
+from colorizers.precision import autocast, cpu_has_native_bf16, memory_format, resolve_precision  # noqa: E402
 
 PAPER_PARACOLORIZER_MS = 24.0  # ParaColorizer section V: test time per image on a GTX 1080
 COMPARE_PHOTO = ROOT / "assets" / "examples" / "boats.jpg"
@@ -73,45 +79,57 @@ def peak_rss_mb() -> float:
 
 
 class Table:
-    def __init__(self):
-        self.rows: list[tuple[str, str, str, str]] = []
+    """One row per measurement and device, one result column per precision (filled as each precision runs)."""
 
-    def add(self, what: str, device: str, value: str, target: str = "") -> None:
-        self.rows.append((what, device, value, target))
-        print(f"  {what} [{device}]: {value}", file=sys.stderr, flush=True)  # progress while it runs
+    def __init__(self, precisions: list[str]):
+        self.precisions = list(precisions)
+        self.rows: dict[tuple[str, str], dict[str, str]] = {}
+        self.targets: dict[tuple[str, str], str] = {}
+
+    def add(self, what: str, device: str, precision: str, value: str, target: str = "") -> None:
+        self.rows.setdefault((what, device), {})[precision] = value
+        if precision not in self.precisions:
+            self.precisions.append(precision)
+        if target:
+            self.targets[(what, device)] = target
+        print(f"  {what} [{device}, {precision}]: {value}", file=sys.stderr, flush=True)  # progress while it runs
 
     def print(self) -> None:
-        header = ("measurement", "device", "result", "target / reference")
-        widths = [max(len(row[i]) for row in (header, *self.rows)) for i in range(4)]
-        for row in (header, tuple("-" * w for w in widths), *self.rows):
+        header = ("measurement", "device", *self.precisions, "target / reference")
+        rows = [(what, device, *(values.get(p, "") for p in self.precisions), self.targets.get((what, device), ""))
+                for (what, device), values in self.rows.items()]
+        widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+        for row in (header, tuple("-" * w for w in widths), *rows):
             print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
-def bench_device(available: dict, device: str, source: str | None, args, table: Table) -> None:
-    models = available if device == "cpu" else colorizers.load_colorizers(list(available), source, device)[0]
+def bench_device(available: dict, device: str, precision: str, source: str | None, args, table: Table) -> None:
+    models = available if device == "cpu" else \
+        colorizers.load_colorizers(list(available), source, device, precision)[0]
     l_256 = torch.rand(1, 1, 256, 256) * 100
     for name, colorizer in models.items():
         timing = measure(lambda: colorizer.colorize_l(l_256), device, args.warmup, args.repeats)
         target = f"paper: {PAPER_PARACOLORIZER_MS:g} ms on a GTX 1080" if name == "paracolorizer" else ""
-        table.add(f"{name} latency, 1 image 256x256", device, timing.ms(), target)
+        table.add(f"{name} latency, 1 image 256x256", device, precision, timing.ms(), target)
     if "paracolorizer" not in models:
         return
     para = models["paracolorizer"].model
-    with torch.inference_mode():
-        l_dev = l_256.to(device)
+    with torch.inference_mode(), autocast(device, precision):
+        l_dev = l_256.to(device, memory_format=memory_format(precision))
         timing = measure(lambda: para.predict_all(l_dev), device, args.warmup, args.repeats)
         target = f"<= 3 ms on an H100; paper: {PAPER_PARACOLORIZER_MS:g} ms" if device == "cuda" else \
             f"paper: {PAPER_PARACOLORIZER_MS:g} ms on a GTX 1080"
-        table.add("paracolorizer (network only), 1 image", device, timing.ms(), target)
+        table.add("paracolorizer (network only), 1 image", device, precision, timing.ms(), target)
         if device == "cuda":
-            batch = torch.rand(args.batch, 1, 256, 256, device=device) * 100
+            batch = (torch.rand(args.batch, 1, 256, 256, device=device) * 100).contiguous(
+                memory_format=memory_format(precision))
             timing = measure(lambda: para.predict_all(batch), device, args.warmup, args.repeats)
-            table.add(f"paracolorizer (network only), batch {args.batch}", device,
+            table.add(f"paracolorizer (network only), batch {args.batch}", device, precision,
                       f"{args.batch / timing.median:.0f} images/s (best {args.batch / timing.best:.0f})",
                       "> 3000 images/s on an H100")
 
 
-def bench_compare(available: dict, settings: app.Settings, args, table: Table) -> None:
+def bench_compare(available: dict, settings: app.Settings, precision: str, args, table: Table) -> None:
     """The Compare button's whole request (read, colorize with every model, save PNGs and the zip) on a
     1024x768 photo, through ``app.run_comparison``."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,13 +140,13 @@ def bench_compare(available: dict, settings: app.Settings, args, table: Table) -
         timing = measure(request, "cpu", 1, args.compare_repeats)
         comparison, _ = request()
     per_model = ", ".join(f"{n} {r.seconds * 1e3:.0f}" for n, r in comparison.results.items())
-    table.add(f"compare request, {len(available)} models, 1024x768 photo", settings.device,
+    table.add(f"compare request, {len(available)} models, 1024x768 photo", settings.device, precision,
               f"{timing.median:.2f} s (best {timing.best:.2f})", "<= 2 s on a 2-core CPU")
-    table.add("  of which colorizing, one more run (ms per model)", settings.device,
+    table.add("  of which colorizing, one more run (ms per model)", settings.device, precision,
               f"{comparison.seconds:.2f} s: {per_model}")
 
 
-def bench_compare_at_cap(available: dict, settings: app.Settings, table: Table) -> None:
+def bench_compare_at_cap(available: dict, settings: app.Settings, precision: str, table: Table) -> None:
     """One compare request for the largest photo the app accepts (``settings.max_pixels``, 4:3): its time, and the
     process's peak resident memory after it (the app's worst case)."""
     width = int((settings.max_pixels * 4 / 3) ** 0.5)
@@ -139,8 +157,9 @@ def bench_compare_at_cap(available: dict, settings: app.Settings, table: Table) 
         start = time.perf_counter()
         app.run_comparison(str(photo), list(available), available, settings, tmp)
         seconds = time.perf_counter() - start
-    table.add(f"compare request at the pixel cap, {width}x{height}", settings.device, f"{seconds:.1f} s")
-    table.add("app peak resident memory, after the cap request", "cpu", f"{peak_rss_mb():.0f} MB", "<= 2 GB")
+    table.add(f"compare request at the pixel cap, {width}x{height}", settings.device, precision, f"{seconds:.1f} s")
+    table.add("app peak resident memory, after the cap request", "cpu", precision, f"{peak_rss_mb():.0f} MB",
+              "<= 2 GB")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,36 +175,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=256, help="batch size of the CUDA throughput run")
     parser.add_argument("--skip-cap", action="store_true", help="skip the compare request at the pixel cap")
+    parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"],
+                        help="the precisions to measure, side by side (default: both)")
     args = parser.parse_args(argv)
 
     settings = app.Settings(threads=args.threads)  # otherwise the app's defaults (CPU)
     torch.set_num_threads(settings.threads)
+    app_precision = resolve_precision(None, settings.device)  # what the app's auto (or $COLORIZERS_PRECISION) runs
+    precisions = list(dict.fromkeys(args.precisions))
     with tempfile.TemporaryDirectory() as tmp:
         source = write_default_random_weights(Path(tmp)) if args.random_weights else args.weights
-        available, unavailable = colorizers.load_colorizers(source=source)
-        gc.collect()
-        rss_loaded = peak_rss_mb()
         weights_note = ("RANDOM default-width weights (untrained): timings only, no quality meaning"
                         if args.random_weights else f"weights: {colorizers.weights.describe_source(source)}")
         print(f"# Inference benchmark: {weights_note}")
         print(f"# torch {torch.__version__}, {settings.threads} CPU thread(s)"
               + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA device"))
-        for name, reason in unavailable.items():
-            print(f"# {name} not measured: {reason}")
-        if not available:
-            print("# nothing to measure: no model has weights (use --random-weights to time untrained networks)")
-            return 1
+        print(f"# CPU does bf16 natively: {'yes' if cpu_has_native_bf16() else 'no (bf16 is emulated, slower)'}; "
+              f"the app runs {app_precision} on {settings.device}")
 
-        table = Table()
-        bench_device(available, "cpu", source, args, table)
-        bench_compare(available, settings, args, table)
+        table = Table(precisions)
+        rss_loaded = None
+        for precision in precisions:
+            available, unavailable = colorizers.load_colorizers(source=source, precision=precision)
+            gc.collect()
+            rss_loaded = rss_loaded or peak_rss_mb()
+            if precision == precisions[0]:
+                for name, reason in unavailable.items():
+                    print(f"# {name} not measured: {reason}")
+            if not available:
+                print("# nothing to measure: no model has weights (use --random-weights to time untrained networks)")
+                return 1
+            bench_device(available, "cpu", precision, source, args, table)
+            bench_compare(available, settings, precision, args, table)
+            names = list(available)
+            del available
+            gc.collect()
         # Before any CUDA work, whose context would count too: the app's imports, its models, compare requests.
-        table.add("app peak resident memory", "cpu",
+        table.add("app peak resident memory, over the runs above", "cpu", precisions[0],
                   f"{peak_rss_mb():.0f} MB ({rss_loaded:.0f} MB once all models were loaded)", "<= 2 GB")
         if not args.skip_cap:
-            bench_compare_at_cap(available, settings, table)
+            available = colorizers.load_colorizers(source=source, precision=app_precision)[0]
+            bench_compare_at_cap(available, settings, app_precision, table)
+            del available
         if torch.cuda.is_available():
-            bench_device(available, "cuda", source, args, table)
+            for precision in precisions:
+                bench_device(dict.fromkeys(names), "cuda", precision, source, args, table)
         print()
         table.print()
     return 0

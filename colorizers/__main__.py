@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from . import MODEL_NAMES, load_colorizers
+from . import MODEL_NAMES, PRECISION_ENV, PRECISIONS, load_colorizers, resolve_precision
 from .compare import colorize_models
 from .pipeline import IMAGE_EXTENSIONS
 from .weights import WEIGHTS_ENV, describe_source
@@ -31,9 +31,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", help=f"weights root: a folder or a Hub repo id[@revision] "
                                           f"(default: ${WEIGHTS_ENV} or the bundled assets/weights)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="auto: bf16 autocast + channels-last where the device does bf16 natively, float32 "
+                             f"elsewhere; bf16 or fp32 forces it (default: ${PRECISION_ENV} or auto)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    try:
+        args.precision = resolve_precision(args.precision, args.device)  # only $COLORIZERS_PRECISION can be bad here
+    except ValueError as err:
+        parser.error(f"${PRECISION_ENV}: {err}")
     args.model = list(MODEL_NAMES) if "all" in args.model else list(dict.fromkeys(args.model))
     return args
 
@@ -68,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         return 2
-    models, unavailable = load_colorizers(args.model, source=args.weights, device=args.device)
+    models, unavailable = load_colorizers(args.model, source=args.weights, device=args.device,
+                                          precision=args.precision)
     if unavailable:
         for name, reason in unavailable.items():
             print(f"error: model {name} is unavailable: {reason}", file=sys.stderr)
@@ -96,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
 
     done = len(images) - len(failed)
     print(f"colorized {done} of {len(images)} image(s) with {len(models)} model(s) "
-          f"({', '.join(models)}) in {time.perf_counter() - start:.1f} s; results in {args.out}")
+          f"({', '.join(models)}; {args.device}, {args.precision}) in {time.perf_counter() - start:.1f} s; "
+          f"results in {args.out}")
     if failed:
         print(f"{len(failed)} file(s) could not be read: {', '.join(map(str, failed))}", file=sys.stderr)
     return 1 if failed else 0

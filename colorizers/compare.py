@@ -99,13 +99,13 @@ def _paracolorizer_family(para: Colorizer, l_full: torch.Tensor, models: dict[st
     """ParaColorizer and, from the same pass, those of its own generators that ``models`` asks for."""
     shared_pass = _SharedParaColorizerPass(para.model, para.device)
     start = time.perf_counter()
-    ab_all = predict_native_ab(shared_pass, l_full, para.device)
+    ab_all = predict_native_ab(shared_pass, l_full, para.device, para.precision)
     pass_seconds = time.perf_counter() - start
     ab = dict(zip(PARACOLORIZER_OUTPUTS, ab_all.split(2, dim=1)))
     # A generator's own model can take its result from this pass when it is the very network ParaColorizer holds
-    # (as with load_colorizers, which loads each network once).
+    # (as with load_colorizers, which loads each network once) and runs in the same precision.
     wanted = [name for name, generator in shared_pass.generators.items()
-              if name in models and models[name].model is generator.net]
+              if name in models and models[name].model is generator.net and models[name].precision == para.precision]
     seconds = shared_pass.generator_seconds
     results = {name: _finish(l_full, ab[name], seconds[name], from_shared_pass=True) for name in wanted}
     results["paracolorizer"] = _finish(l_full, ab["paracolorizer"], pass_seconds)
@@ -125,7 +125,7 @@ def colorize_models(image: Image.Image, models: dict[str, Colorizer]) -> Compari
     for name, colorizer in models.items():
         if name not in results:
             start = time.perf_counter()
-            ab_small = predict_native_ab(colorizer.model, l_full, colorizer.device)
+            ab_small = predict_native_ab(colorizer.model, l_full, colorizer.device, colorizer.precision)
             results[name] = _finish(l_full, ab_small, time.perf_counter() - start)
     ordered = {name: results[name] for name in models}
     return Comparison(grey, ordered, convert_seconds, time.perf_counter() - begin)

@@ -14,6 +14,9 @@ class ParaColorizer(nn.Module):
     encoder encodes both colour results, its fusion layer merges the features and its decoder produces the
     fused colour image, whose a,b are the prediction (the pipeline puts the input's own L back).
     No object detector is needed at test time (section VI).
+
+    Under bf16 autocast (``precision.py``) only the three networks run in bf16: the Lab/RGB conversions between
+    them are float32, outside autocast, as everywhere else in the pipeline.
     """
 
     native_size = 256
@@ -28,11 +31,14 @@ class ParaColorizer(nn.Module):
 
     def predict_all(self, l: torch.Tensor) -> dict[str, torch.Tensor]:
         """ab of the foreground, background and fused results for L (B, 1, 256, 256) in [0, 100]."""
-        ab_fg = self.foreground.predict_ab(l)
-        ab_bg = self.background.predict_ab(l)
-        rgb = [lab_to_rgb(torch.cat([l, ab], dim=1)) for ab in (ab_fg, ab_bg)]
-        fused = self.fusion.fuse(rgb, self.strategy)
-        return {"paracolorizer_fg": ab_fg, "paracolorizer_bg": ab_bg, "paracolorizer": rgb_to_lab(fused)[:, 1:]}
+        ab_fg = self.foreground.predict_ab(l).float()
+        ab_bg = self.background.predict_ab(l).float()
+        with torch.autocast(l.device.type, enabled=False):
+            rgb = [lab_to_rgb(torch.cat([l.float(), ab], dim=1)) for ab in (ab_fg, ab_bg)]
+        fused = self.fusion.fuse(rgb, self.strategy).float()
+        with torch.autocast(l.device.type, enabled=False):
+            ab_fused = rgb_to_lab(fused)[:, 1:]
+        return {"paracolorizer_fg": ab_fg, "paracolorizer_bg": ab_bg, "paracolorizer": ab_fused}
 
     def predict_ab(self, l: torch.Tensor) -> torch.Tensor:
         return self.predict_all(l)["paracolorizer"]

@@ -3,6 +3,10 @@
 image -> full-resolution L -> L resized to the model's native size -> model predicts a,b -> a,b up-sampled to
 the original size -> recombined with the original full-resolution L -> brought into the sRGB gamut by
 reducing chroma (so L is kept) -> RGB image of exactly the input's size.
+
+Only the network runs in the colorizer's precision (bf16 autocast + channels-last where the device does bf16
+natively, see ``precision.py``); its a,b are cast back to float32 at once, so up-sampling, recombination and gamut
+mapping are float32 and the output's L is the input's in either precision.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from .color import lab_to_rgb_in_gamut, rgb_to_l
+from .precision import autocast, memory_format
 
 #: File extensions the project reads as images (batch tool, training data, study photos).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -97,11 +102,16 @@ def tensor_to_image(rgb: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr, "RGB")
 
 
-def predict_native_ab(model: ABPredictor, l_full: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
-    """Run ``model`` at its native size on ``l_full`` (B, 1, H, W), resized with antialiasing: a,b (B, 2, S, S)."""
+def predict_native_ab(model: ABPredictor, l_full: torch.Tensor, device: str | torch.device = "cpu",
+                      precision: str = "fp32") -> torch.Tensor:
+    """Run ``model`` at its native size on ``l_full`` (B, 1, H, W), resized with antialiasing: a,b (B, 2, S, S),
+    float32. The network runs under ``precision``'s autocast, its input in that precision's memory format."""
     size = (model.native_size, model.native_size)
     l_small = F.interpolate(l_full, size=size, mode="bilinear", antialias=True, align_corners=False)
-    return model.predict_ab(l_small.to(device)).float().cpu()
+    l_small = l_small.to(device, memory_format=memory_format(precision))
+    with autocast(device, precision):
+        ab = model.predict_ab(l_small)
+    return ab.float().cpu().contiguous()
 
 
 def upsample_ab(ab_small: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -109,9 +119,10 @@ def upsample_ab(ab_small: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(ab_small, size=size, mode="bilinear", align_corners=False)
 
 
-def predict_full_resolution_ab(model: ABPredictor, l_full: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+def predict_full_resolution_ab(model: ABPredictor, l_full: torch.Tensor, device: str | torch.device = "cpu",
+                               precision: str = "fp32") -> torch.Tensor:
     """Run ``model`` at its native size on ``l_full`` (B, 1, H, W) and up-sample its a,b to (B, 2, H, W)."""
-    return upsample_ab(predict_native_ab(model, l_full, device), l_full.shape[-2:])
+    return upsample_ab(predict_native_ab(model, l_full, device, precision), l_full.shape[-2:])
 
 
 def recombine(l_full: torch.Tensor, ab_full: torch.Tensor) -> torch.Tensor:
@@ -136,11 +147,13 @@ def recombine_to_image(l_full: torch.Tensor, ab_full: torch.Tensor, band_pixels:
 
 @dataclass
 class Colorizer:
-    """A loaded model behind the common pipeline: ``colorize(PIL.Image) -> PIL.Image``."""
+    """A loaded model behind the common pipeline: ``colorize(PIL.Image) -> PIL.Image``. ``precision`` is the
+    resolved one, ``"bf16"`` or ``"fp32"`` (``load_colorizer`` resolves ``"auto"`` for the device)."""
 
     name: str
     model: ABPredictor
     device: str | torch.device = "cpu"
+    precision: str = "fp32"
 
     @property
     def native_size(self) -> int:
@@ -149,9 +162,9 @@ class Colorizer:
     @torch.inference_mode()
     def colorize_l(self, l_full: torch.Tensor) -> torch.Tensor:
         """L (B, 1, H, W) in [0, 100] -> sRGB (B, 3, H, W) in [0, 1] with that L."""
-        return recombine(l_full, predict_full_resolution_ab(self.model, l_full, self.device))
+        return recombine(l_full, predict_full_resolution_ab(self.model, l_full, self.device, self.precision))
 
     @torch.inference_mode()
     def colorize(self, image: Image.Image) -> Image.Image:
         l_full = image_to_l(image)
-        return recombine_to_image(l_full, predict_full_resolution_ab(self.model, l_full, self.device))
+        return recombine_to_image(l_full, predict_full_resolution_ab(self.model, l_full, self.device, self.precision))

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import tarfile
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from train import data as data_module
 from train.data import ImageSet, read_images
 
 
@@ -128,3 +131,63 @@ def test_clear_errors(tmp_path, mini_manifest):
     (tmp_path / "val.tar").unlink()
     with pytest.raises(FileNotFoundError, match="val.tar"):
         read_images([str(mini_manifest)], split="val")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decode once: the cache of decoded images
+
+def test_cache_is_written_once_then_memory_mapped(tmp_path, mini_manifest, monkeypatch):
+    cache = tmp_path / "cache"
+    first = read_images([str(mini_manifest)], split="train", kinds=["object", "scene"], size=16, cache=cache)
+    assert len(list(cache.glob("*.npy"))) == 1 and len(list(cache.glob("*.json"))) == 1
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the cached images were decoded again")
+
+    monkeypatch.setattr(data_module, "_decode_sources", no_decoding)
+    again = read_images([str(mini_manifest)], split="train", kinds=["scene", "object"], size=16, cache=cache)
+    assert torch.equal(again.images, first.images)
+    assert (again.labels, again.kinds, again.names) == (first.labels, first.kinds, first.names)
+    assert again.images.shape == (2, 3, 16, 16)
+    # another request (size, split, kinds) is another entry, never the first one's array
+    monkeypatch.undo()
+    other = read_images([str(mini_manifest)], split="train", size=8, cache=cache)
+    assert other.images.shape == (3, 3, 8, 8) and len(list(cache.glob("*.npy"))) == 2
+
+
+def _rewrite_first_image(manifest, colour):
+    """Replace the first training image of the mini manifest's shard with one of another colour."""
+    shard = manifest.parent / "train-00.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar if m.isfile()]
+    with tarfile.open(shard, "w") as tar:
+        for i, (member, data) in enumerate(members):
+            data = encode(solid(colour, (32, 32)), "WEBP") if i == 0 else data
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+
+
+def test_a_stale_cache_is_rebuilt(tmp_path, mini_manifest):
+    cache = tmp_path / "cache"
+    before = read_images([str(mini_manifest)], split="train", size=16, cache=cache)
+    assert before.images[0, :, 8, 8].tolist() == [255, 0, 0]
+    _rewrite_first_image(mini_manifest, (0, 0, 0))  # the shard changes: size and mtime
+    after = read_images([str(mini_manifest)], split="train", size=16, cache=cache)
+    assert after.images[0, :, 8, 8].tolist() == [0, 0, 0]
+    assert read_images([str(mini_manifest)], split="train", size=16, cache=cache).images[0, :, 8, 8].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("damage", ["no description", "truncated array", "garbled description"])
+def test_a_half_written_cache_is_rebuilt_not_used(tmp_path, mini_manifest, damage):
+    cache = tmp_path / "cache"
+    expected = read_images([str(mini_manifest)], split="train", size=16, cache=cache).images.clone()
+    array, meta = next(cache.glob("*.npy")), next(cache.glob("*.json"))
+    if damage == "no description":   # killed between writing the array and its description
+        meta.unlink()
+    elif damage == "truncated array":
+        array.write_bytes(array.read_bytes()[:-100])
+    else:
+        meta.write_text(meta.read_text()[:20])
+    rebuilt = read_images([str(mini_manifest)], split="train", size=16, cache=cache)
+    assert torch.equal(rebuilt.images, expected)
+    assert json.loads(meta.read_text())["shape"] == [3, 3, 16, 16]  # and the entry is whole again

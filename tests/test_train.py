@@ -329,3 +329,77 @@ def test_real_detector_runs_on_a_letterboxed_image():
     assert output.shape == (3549, 85) and ratio == pytest.approx(416 / 150)
     found = detector.detect(image)
     assert ((found.boxes >= 0) & (found.boxes <= [150, 100, 150, 100])).all()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Time-boxed runs, a change of image size on resume, precision
+
+@pytest.fixture
+def clock_of_steps(monkeypatch):
+    """The engine's clock reads 10 s per optimisation step taken, so a time budget ends after a known step."""
+    from train import engine
+    steps = {"n": 0}
+    step = engine.Trainer.step
+
+    def counted_step(self, *args):
+        steps["n"] += 1
+        return step(self, *args)
+
+    monkeypatch.setattr(engine.Trainer, "step", counted_step)
+    monkeypatch.setattr(engine.time, "monotonic", lambda: 10.0 * steps["n"])
+    return steps
+
+
+def test_a_run_stopped_by_its_time_budget_is_loadable_and_resumes_to_the_same_weights(mini_set, tmp_path,
+                                                                                      clock_of_steps, capsys):
+    data = [str(mini_set / "folder")]
+    straight = train(small_run("paracolorizer_bg", data, tmp_path / "straight", steps=6))
+    boxed = train(small_run("paracolorizer_bg", data, tmp_path / "boxed", steps=6, minutes=0.5))  # 30 s: 3 steps
+    report = capsys.readouterr()
+    assert "stopped by the 0.5-minute budget (--resume continues) at step 3/6" in report.out + report.err
+    assert torch.load(boxed / CHECKPOINT, weights_only=False)["step"] == 3
+    rows = read_loss_log(boxed / LOSSES_CSV)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert colorizers.load_colorizer("paracolorizer_bg", source=boxed.parent).colorize(
+        Image.fromarray(skdata.coffee()).resize((40, 30))).size == (40, 30)  # the export is there and loads
+    resumed = train(small_run("paracolorizer_bg", data, tmp_path / "boxed", steps=6, resume=True))
+    assert [r["phase"] for r in read_loss_log(resumed / LOSSES_CSV)] == ["pretrain"] * 3 + ["adversarial"] * 3
+    a = colorizers.load_network("paracolorizer_bg", straight.parent).state_dict()
+    b = colorizers.load_network("paracolorizer_bg", resumed.parent).state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"resumed run differs in {key}")
+
+
+def test_a_run_at_a_small_size_continues_at_the_native_size(mini_set, tmp_path):
+    data = [str(mini_set / "folder")]
+    train(small_run("cnn", data, tmp_path, steps=3, image_size=32))
+    before = colorizers.load_network("cnn", tmp_path).state_dict()
+    out = train(small_run("cnn", data, tmp_path, steps=6, image_size=64, resume=True))
+    saved = json.loads((out / TRAINING_CONFIG).read_text())
+    assert saved["recipe"]["image_size"] == 64 and saved["resumed_from_step"] == 3
+    assert [int(r["step"]) for r in read_loss_log(out / LOSSES_CSV)] == [1, 2, 3, 4, 5, 6]
+    assert torch.load(out / CHECKPOINT, weights_only=False)["step"] == 6
+    after = colorizers.load_network("cnn", tmp_path).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained on at 64x64
+
+
+def test_training_precision_bf16_only_where_native(monkeypatch):
+    from colorizers import precision
+    from train.engine import Trainer, resolve_recipe
+    recipe = resolve_recipe(TrainingConfig("cnn", [], ""))
+
+    def trainer(setting):
+        return Trainer(recipe, colorizers.build_model("cnn", width=8), torch.device("cpu"), precision=setting)
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert trainer("auto").precision == "fp32" and trainer("auto").memory_format == torch.contiguous_format
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    bf16 = trainer("auto")
+    assert bf16.precision == "bf16" and bf16.memory_format == torch.channels_last
+    assert trainer("fp32").precision == "fp32"
+    rgb = torch.rand(2, 3, 32, 32)
+    batch = bf16.prepare(rgb, torch.full((2,), IGNORE_LABEL))
+    assert bf16.predict(batch).ab_norm.dtype == torch.bfloat16 and batch.ab_norm.dtype == torch.float32
+    assert parse_args(["cnn", "--data", "x", "--out", "y", "--no-amp"]).precision == "fp32"
+    assert parse_args(["cnn", "--data", "x", "--out", "y", "--precision", "bf16"]).precision == "bf16"
+    assert parse_args(["cnn", "--data", "x", "--out", "y"]).precision == "auto"

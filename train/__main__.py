@@ -21,8 +21,13 @@ import json
 import os
 import sys
 
+import torch
+
 from colorizers import NETWORK_NAMES
 
+from colorizers.precision import PRECISIONS
+
+from .data import CACHE_ENV, default_cache_dir
 from .engine import EXPORT_DTYPES, TrainingConfig, train
 
 
@@ -53,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> TrainingConfig:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue from ROOT/NETWORK/checkpoint.pt")
     p.add_argument("--init", metavar="ROOT", help="start from the trained ROOT/NETWORK (skips GAN pre-training)")
+    p.add_argument("--minutes", type=float, metavar="N",
+                   help="wall-clock budget: stop cleanly after N minutes (checkpoint, export, curves); --resume continues")
 
     g = p.add_argument_group("data")
     g.add_argument("--split", default="train", help="manifest split to train on (default: %(default)s)")
@@ -64,7 +71,11 @@ def parse_args(argv: list[str] | None = None) -> TrainingConfig:
     g.add_argument("--proposals", metavar="FILE", help="object-proposal crops (.npz of train.proposals), paracolorizer_fg")
     g.add_argument("--min-class-examples", type=int, help="cnn_classifier: rarer classes are ignored (recipe: 30)")
     g.add_argument("--threads", dest="num_threads", type=int, default=os.cpu_count() or 1,
-                   help="image decoding threads (default: %(default)s)")
+                   help="torch and image decoding threads (default: %(default)s)")
+    g.add_argument("--cache", default=str(default_cache_dir()), metavar="DIR",
+                   help="decoded images are cached here once per size and memory-mapped later (default: %(default)s, "
+                        f"or ${CACHE_ENV})")
+    g.add_argument("--no-cache", dest="cache", action="store_const", const=None, help="decode the images every run")
 
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--config", dest="model_config", action="append", type=key_value, default=[], metavar="KEY=VALUE",
@@ -72,7 +83,9 @@ def parse_args(argv: list[str] | None = None) -> TrainingConfig:
     g.add_argument("--d-config", dest="discriminator_config", action="append", type=key_value, default=[],
                    metavar="KEY=VALUE", help="PatchDiscriminator config override, e.g. ndf=32")
     g.add_argument("--batch-size", type=int, help="default: the recipe's")
-    g.add_argument("--size", dest="image_size", type=int, help="training image size (default: the network's native size)")
+    g.add_argument("--size", dest="image_size", type=int,
+                   help="training image size (default: the network's native size); --resume may change it, e.g. "
+                        "128 for most steps, then 256 to finish")
     g.add_argument("--lr", type=float, help="generator learning rate of every phase (default: the recipe's)")
     g.add_argument("--d-lr", dest="discriminator_lr", type=float, help="discriminator learning rate")
     g.add_argument("--loss-weight", dest="loss_weights", action="append", type=key_value, default=[],
@@ -80,7 +93,10 @@ def parse_args(argv: list[str] | None = None) -> TrainingConfig:
     g.add_argument("--pretrain-share", type=float, help="share of the steps that pre-train a GAN's generator")
     g.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     g.add_argument("--compile", action="store_true", help="torch.compile the networks")
-    g.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
+    g.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 autocast + channels-last where the device does bf16 natively (CUDA, CPUs with "
+                        "AMX-BF16 or AVX512-BF16), else float32 (default: %(default)s)")
+    g.add_argument("--no-amp", dest="precision", action="store_const", const="fp32", help="same as --precision fp32")
     g.add_argument("--log-every", type=int, default=10, help="steps per losses.csv row (default: %(default)s)")
     g.add_argument("--checkpoint-every", type=int, default=1000, help="(default: %(default)s)")
     g.add_argument("--val-every", type=int, help="default: every checkpoint")
@@ -96,6 +112,7 @@ def parse_args(argv: list[str] | None = None) -> TrainingConfig:
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
+    torch.set_num_threads(max(1, config.num_threads))
     try:
         out_dir = train(config)
     except (FileNotFoundError, ValueError, RuntimeError) as err:

@@ -13,11 +13,20 @@ A source is one of
   the tar shards next to it, and only here are ``split`` and ``kinds`` known, so only here do they filter.
 
 Images that are not already ``size`` x ``size`` are resized on the short side and centre-cropped.
+
+Decode once: with a ``cache`` folder (the engine's default is ``~/.cache/colorizers/images``, outside the
+repository; ``$COLORIZERS_CACHE`` moves it), the first read stores the decoded uint8 array of a request (sources,
+split, kinds, size, cap) as a ``.npy`` next to a ``.json`` that describes it, and later reads memory-map it, so a
+run starts in seconds. The ``.json`` holds a fingerprint of the sources (path, size and modification time of
+every file read) and is written last, after the array is complete: an entry whose sources changed, whose array
+is missing or truncated, or whose description is absent (a run killed while writing) is rebuilt, never used.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import os
 import tarfile
 from collections.abc import Iterator
@@ -33,6 +42,8 @@ from colorizers import image_to_rgb_array
 from colorizers.pipeline import IMAGE_EXTENSIONS  # one list for the app, the batch CLI and training
 
 SPLITS = ("train", "val")
+CACHE_ENV = "COLORIZERS_CACHE"
+CACHE_VERSION = 1  # bump when decode_image changes what it makes of a file
 KINDS = ("object", "scene", "mixed")
 
 
@@ -149,18 +160,97 @@ def _source_entries(source: str, split: str | None, kinds: list[str] | None,
 
 
 def read_images(sources: list[str], split: str | None = None, kinds: list[str] | None = None, size: int = 256,
-                max_images: int | None = None, num_threads: int = 2) -> ImageSet:
+                max_images: int | None = None, num_threads: int = 2,
+                cache: str | os.PathLike | None = None) -> ImageSet:
     """Decode every image of ``sources`` into one in-memory :class:`ImageSet` at ``size`` x ``size``.
 
     ``split`` ("train" | "val") and ``kinds`` (subset of "object", "scene", "mixed") filter manifest rows;
     folders and tars carry no such metadata (their labels and kinds are ``None``). ``max_images`` caps the
-    total, taken in source order. Raises ``FileNotFoundError`` for a missing source and ``ValueError`` when
-    a source is unreadable or nothing is left to read.
+    total, taken in source order. With ``cache`` (a folder), the decoded set is stored there once and
+    memory-mapped by later calls with the same request, as long as the sources are unchanged (module docstring).
+    Raises ``FileNotFoundError`` for a missing source and ``ValueError`` when a source is unreadable or nothing
+    is left to read.
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     if not sources:
         raise ValueError("no image sources given")
+    if cache is None:
+        return _decode_sources(sources, split, kinds, size, max_images, num_threads)
+    request = {"version": CACHE_VERSION, "sources": [str(Path(s).expanduser().resolve()) for s in sources],
+               "split": split, "kinds": sorted(kinds) if kinds is not None else None, "size": size,
+               "max_images": max_images}
+    key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:24]
+    fingerprint = _fingerprint(sources)
+    cache = Path(cache).expanduser()
+    array_path, meta_path = cache / f"{key}.npy", cache / f"{key}.json"
+    cached = _open_cached(array_path, meta_path, fingerprint)
+    if cached is not None:
+        return cached
+    image_set = _decode_sources(sources, split, kinds, size, max_images, num_threads)
+    _write_cache(image_set, array_path, meta_path, request, fingerprint)
+    return image_set
+
+
+def default_cache_dir() -> Path:
+    """``$COLORIZERS_CACHE``, else ``~/.cache/colorizers/images`` (outside any checkout)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "colorizers" / "images")
+
+
+def _fingerprint(sources: list[str]) -> list[list]:
+    """(path, size, mtime) of every file a request reads: a manifest and its shards, a tar, a folder's images."""
+    files: list[Path] = []
+    for source in sources:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif path.suffix.lower() == ".csv" and path.is_file():
+            files.append(path)
+            files += sorted(p for p in path.parent.glob("*.tar"))
+        else:
+            files.append(path)
+    stats = []
+    for f in files:
+        st = f.stat() if f.exists() else None
+        stats.append([str(f.resolve()), st.st_size if st else None, st.st_mtime_ns if st else None])
+    return stats
+
+
+def _open_cached(array_path: Path, meta_path: Path, fingerprint: list[list]) -> ImageSet | None:
+    """The cached set, memory-mapped; ``None`` if it is absent, stale or incomplete."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("fingerprint") != fingerprint:
+            return None
+        array = np.load(array_path, mmap_mode="c")  # copy-on-write: writable for torch, the file never changes
+    except (OSError, ValueError, json.JSONDecodeError):
+        return None
+    if list(array.shape) != meta.get("shape") or array.dtype != np.uint8:
+        return None
+    return ImageSet(torch.from_numpy(array), meta["labels"], meta["kinds"], meta["names"])
+
+
+def _write_cache(image_set: ImageSet, array_path: Path, meta_path: Path, request: dict, fingerprint: list[list]) -> None:
+    """The array first, then its description (an entry without a description is incomplete). Both go to
+    temporary names and are renamed into place, so a reader never sees half a file."""
+    try:
+        array_path.parent.mkdir(parents=True, exist_ok=True)
+        meta_path.unlink(missing_ok=True)
+        tmp = array_path.with_name(array_path.name + f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, image_set.images.numpy())
+        os.replace(tmp, array_path)
+        meta = {**request, "fingerprint": fingerprint, "shape": list(image_set.images.shape),
+                "labels": image_set.labels, "kinds": image_set.kinds, "names": image_set.names}
+        tmp = meta_path.with_name(meta_path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, meta_path)
+    except OSError as err:  # a full or read-only disk costs speed, not the run
+        print(f"note: could not cache decoded images in {array_path.parent}: {err}")
+
+
+def _decode_sources(sources: list[str], split: str | None, kinds: list[str] | None, size: int,
+                    max_images: int | None, num_threads: int) -> ImageSet:
     entries: list[_Entry] = []
     for source in sources:
         left = None if max_images is None else max_images - len(entries)

@@ -3,9 +3,15 @@
 Read top to bottom: the run's configuration (plain data), the images in memory, the model, the step (plain
 and adversarial), and ``train``, which strings them together with logging, checkpoints and the export.
 
-On CUDA the step runs under bf16 autocast with channels-last tensors (optionally ``torch.compile``d), and the
-decoded uint8 images sit on the GPU when they fit in half its free memory (else in pinned host memory), so a
-batch is an index, a flip and a colour conversion on the device: the GPU never waits on a loader.
+The step runs under bf16 autocast with channels-last tensors wherever the hardware does bf16 natively (CUDA, and
+CPUs with AMX-BF16 or AVX512-BF16; ``colorizers.precision``), in float32 elsewhere; losses and the colour
+conversion stay float32. The decoded uint8 images are cached once per size (``data.py``), and on CUDA sit on the
+GPU when they fit in half its free memory (else in pinned host memory), so a batch is an index, a flip and a
+colour conversion on the device: the step never waits on a loader.
+
+A run can be time-boxed (``minutes``): it then stops cleanly at the budget with a checkpoint, the export and the
+curves, and ``--resume`` continues it bit for bit (on the same machine and thread count), also at another image
+size: a run may spend most of its steps at 128 x 128 and finish at the native 256 x 256.
 
 Output, under ``OUT/NETWORK/``: ``config.json`` + ``model.safetensors`` (``save_pretrained``, what
 ``colorizers.load_colorizer`` reads), ``training_config.json`` (this run's configuration and recipe),
@@ -17,12 +23,12 @@ loaders cast it back to the float32 networks. ``checkpoint.pt`` keeps full preci
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +39,7 @@ from tqdm import tqdm
 import colorizers
 from colorizers.color import lab_to_rgb, normalize_ab, normalize_l, rgb_to_lab, unnormalize_ab, unnormalize_l
 from colorizers.networks import PatchDiscriminator
+from colorizers.precision import PRECISIONS, autocast, memory_format, resolve_precision
 
 from .data import ImageSet, read_images
 from .losses import IGNORE_LABEL, EdgeLoss, GANLoss, SSIMLoss, l1_loss, masked_cross_entropy, mse_loss
@@ -77,7 +84,9 @@ class TrainingConfig:
     seed: int = 0
     device: str = "auto"              # "auto": cuda when available
     compile: bool = False
-    amp: bool = True                  # bf16 autocast on CUDA
+    precision: str = "auto"           # "auto": bf16 autocast + channels-last where native (CUDA, AMX/AVX512-BF16)
+    minutes: float | None = None      # wall-clock budget: stop cleanly (checkpoint, export) when it is spent
+    cache: str | None = None          # folder of decoded images (the CLI's default: data.default_cache_dir())
     log_every: int = 10
     checkpoint_every: int = 1000
     export_dtype: str = "float16"     # model.safetensors precision (EXPORT_DTYPES); the shipped files are fp16
@@ -132,6 +141,14 @@ def phase_schedule(phases: tuple[Phase, ...], total_steps: int) -> list[tuple[Ph
     return schedule
 
 
+def phase_of(phases: tuple[Phase, ...], total: int, step: int) -> str:
+    """The name of the phase that step ``step`` (1-based count done) belongs to."""
+    for phase, begin, end in phase_schedule(phases, total):
+        if step <= end:
+            return phase.name
+    return phases[-1].name
+
+
 def resolve_device(name: str) -> torch.device:
     """The device to train on; on CUDA also TF32 for the float32 ops left outside autocast (colour
     conversion, losses) and cuDNN autotuning (every batch has the same shape)."""
@@ -154,7 +171,7 @@ def load_training_images(config: TrainingConfig, recipe: Recipe) -> ImageSet:
     """The training images at the recipe's size, plus object-proposal crops for ``paracolorizer_fg``."""
     kinds = config.kinds if config.kinds is not None else list(recipe.kinds)
     images = read_images(config.data, split=config.split, kinds=kinds, size=recipe.image_size,
-                         max_images=config.max_images, num_threads=config.num_threads)
+                         max_images=config.max_images, num_threads=config.num_threads, cache=config.cache)
     if config.proposals:
         if not recipe.uses_proposals:
             raise ValueError(f"--proposals is for paracolorizer_fg; {config.network} does not train on crops")
@@ -287,11 +304,11 @@ class Trainer:
     """Generator (and discriminator) with their optimizers, and one optimisation step for any recipe phase."""
 
     def __init__(self, recipe: Recipe, generator: nn.Module, device: torch.device, *,
-                 discriminator: nn.Module | None = None, amp: bool = True, compile: bool = False):
+                 discriminator: nn.Module | None = None, precision: str = "auto", compile: bool = False):
         self.recipe = recipe
         self.device = device
-        self.cuda = device.type == "cuda"
-        self.memory_format = torch.channels_last if self.cuda else torch.contiguous_format
+        self.precision = resolve_precision(precision, device)
+        self.memory_format = memory_format(self.precision)
         self.generator = generator.to(device, memory_format=self.memory_format).train()
         self.discriminator = None
         if discriminator is not None:
@@ -299,7 +316,6 @@ class Trainer:
         self.run_generator = torch.compile(self.generator) if compile else self.generator
         self.run_discriminator = (torch.compile(self.discriminator) if compile and discriminator is not None
                                   else self.discriminator)
-        self.autocast_dtype = torch.bfloat16 if self.cuda and amp else None
         self.gan_loss = GANLoss(recipe.gan_mode) if recipe.gan_mode else None
         self.edge_loss = EdgeLoss()
         self.ssim_loss = SSIMLoss()
@@ -308,9 +324,7 @@ class Trainer:
         self.discriminator_optimizer: torch.optim.Optimizer | None = None
 
     def autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return autocast(self.device, self.precision)
 
     def start_phase(self, phase: Phase) -> None:
         """Fresh optimizers for the phase (pre-training and adversarial training use different ones)."""
@@ -576,13 +590,14 @@ def train(config: TrainingConfig) -> Path:
     discriminator = PatchDiscriminator(**d_config) if d_config is not None else None
     if checkpoint is not None and discriminator is not None:
         discriminator.load_state_dict(checkpoint["discriminator"])
-    trainer = Trainer(recipe, generator, device, discriminator=discriminator, amp=config.amp, compile=config.compile)
+    trainer = Trainer(recipe, generator, device, discriminator=discriminator, precision=config.precision,
+                      compile=config.compile)
     batches = InMemoryBatches(images.images, class_indices(images.labels, class_names), recipe.batch_size,
                               device, config.seed)
     validation = None
     if config.val_data:
         val_set = read_images(config.val_data, split="val", size=recipe.image_size,
-                              max_images=config.max_val_images, num_threads=config.num_threads)
+                              max_images=config.max_val_images, num_threads=config.num_threads, cache=config.cache)
         validation = (val_set.images, class_indices(val_set.labels, class_names))
 
     phases = tuple(p for p in recipe.phases if not (config.init and p.name == "pretrain"))  # DTU 3.3.3
@@ -598,7 +613,7 @@ def train(config: TrainingConfig) -> Path:
     (out_dir / TRAINING_CONFIG).write_text(json.dumps({
         "config": dataclasses.asdict(config), "recipe": dataclasses.asdict(recipe),
         "model_config": model_config_of(generator), "num_images": len(batches), "total_steps": steps,
-        "resumed_from_step": start, "device": str(device),
+        "resumed_from_step": start, "device": str(device), "precision": trainer.precision,
     }, indent=2, default=str))
     columns = [f"g_{t}" for t in recipe.loss_terms] + ["g_total"]
     if recipe.adversarial:
@@ -608,8 +623,9 @@ def train(config: TrainingConfig) -> Path:
     log = LossLog(out_dir / LOSSES_CSV, columns, keep_until=start if checkpoint is not None else None)
     val_every = config.val_every or config.checkpoint_every
 
+    deadline = time.monotonic() + 60.0 * config.minutes if config.minutes else None
     progress = tqdm(total=steps, initial=min(start, steps), desc=config.network, unit="step", dynamic_ncols=True)
-    step = start
+    step, latest_val, began = start, {}, time.monotonic()
     for phase, begin, end in phase_schedule(phases, steps):
         if end <= step:
             continue
@@ -617,7 +633,7 @@ def train(config: TrainingConfig) -> Path:
         if checkpoint is not None and checkpoint["phase"] == phase.name and begin <= start:
             trainer.load_optimizer_states(checkpoint)
         mean = RunningMean()
-        while step < end:
+        while step < end and not (deadline is not None and time.monotonic() >= deadline):
             mean.add(trainer.step(*batches.next()))
             step += 1
             progress.update(1)
@@ -626,15 +642,28 @@ def train(config: TrainingConfig) -> Path:
                 log.append(step, phase.name, values)
                 progress.set_postfix(phase=phase.name, loss=f"{values['g_total']:.4f}")
             if validation is not None and step % val_every == 0:
-                log.append(step, "val", trainer.evaluate(*validation, recipe.batch_size))
+                latest_val = trainer.evaluate(*validation, recipe.batch_size)
+                log.append(step, "val", latest_val)
             if step % config.checkpoint_every == 0 and step < steps:
                 save_checkpoint(out_dir / CHECKPOINT, trainer, batches, step, config, d_config)
                 export(trainer.generator, out_dir, config.export_dtype)
+        if step < end:  # the time budget ran out inside this phase
+            if mean.count:
+                log.append(step, phase.name, mean.pop())
+            break
     progress.close()
     if step > start:  # (a resumed run already at its last step has nothing new to save)
         if validation is not None and step % val_every != 0:
-            log.append(step, "val", trainer.evaluate(*validation, recipe.batch_size))
+            latest_val = trainer.evaluate(*validation, recipe.batch_size)
+            log.append(step, "val", latest_val)
         save_checkpoint(out_dir / CHECKPOINT, trainer, batches, step, config, d_config)
     export(trainer.generator, out_dir, config.export_dtype)
     plot_curves(out_dir / LOSSES_CSV, out_dir / CURVES_PNG, config.network)
+    elapsed = time.monotonic() - began
+    status = "finished" if step >= steps else f"stopped by the {config.minutes:g}-minute budget (--resume continues)"
+    terms = ", ".join(f"{k} {v:.4f}" for k, v in latest_val.items())
+    tqdm.write(f"{config.network}: {status} at step {step}/{steps} ({phase_of(phases, steps, step)}), "
+               f"{(step - start) * recipe.batch_size} images in {elapsed / 60:.1f} min "
+               f"({(step - start) * recipe.batch_size / max(elapsed, 1e-9):.1f} img/s, {trainer.precision}, "
+               f"{recipe.image_size}px){'; ' + terms if terms else ''}")
     return out_dir
