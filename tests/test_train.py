@@ -403,3 +403,39 @@ def test_training_precision_bf16_only_where_native(monkeypatch):
     assert parse_args(["cnn", "--data", "x", "--out", "y", "--no-amp"]).precision == "fp32"
     assert parse_args(["cnn", "--data", "x", "--out", "y", "--precision", "bf16"]).precision == "bf16"
     assert parse_args(["cnn", "--data", "x", "--out", "y"]).precision == "auto"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The training plan and the model cards
+
+def test_plan_stages_are_runnable_train_commands():
+    from train import plan
+    assert set(plan.PLAN) == set(colorizers.NETWORK_NAMES)
+    for network, stages in plan.PLAN.items():
+        for stage in stages:
+            command = plan.stage_command(network, stage, "runs")
+            config = parse_args(command[3:])  # python -m train NETWORK ...
+            assert config.network == network and config.minutes == stage.minutes and config.out.startswith("runs/")
+            assert "{root}" not in " ".join(command)
+            exact = parse_args(plan.stage_command(network, stage, "runs", steps=1234)[3:])
+            assert exact.steps == 1234 and exact.minutes is None
+        # every stage after the first continues an earlier one: --init of a finished run or --resume of its own
+        for stage in stages[1:]:
+            config = parse_args(plan.stage_command(network, stage, "R")[3:])
+            assert config.resume or (config.init and config.init.startswith("R/"))
+
+
+def test_ship_copies_the_final_weights_and_writes_a_model_card(mini_set, tmp_path, monkeypatch):
+    from train import plan
+    stages = (plan.Stage("train 32", "cnn", ("--size", "32", "--steps", "100000"), 1.0),
+              plan.Stage("train 64", "cnn", ("--size", "64", "--steps", "100000", "--resume"), 1.0))
+    monkeypatch.setattr(plan, "PLAN", {"cnn": stages})
+    root, data = tmp_path / "runs", [str(mini_set / "folder")]
+    train(small_run("cnn", data, root / "cnn", steps=3, image_size=32))
+    train(small_run("cnn", data, root / "cnn", steps=5, image_size=64, resume=True))
+    dest = tmp_path / "weights"
+    plan.ship(root, None, dest, ["cnn"])
+    assert colorizers.load_network("cnn", dest) is not None
+    card = (dest / "cnn" / "README.md").read_text()
+    assert "| train 32 | train | 32 | 0→3 | 12 |" in card and "| train 64 | train | 64 | 3→5 | 8 |" in card
+    assert "--size 32 --steps 3 --out runs/cnn" in card and "--size 64 --steps 5 --resume --out runs/cnn" in card

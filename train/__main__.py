@@ -29,6 +29,7 @@ from colorizers.precision import PRECISIONS
 
 from .data import CACHE_ENV, default_cache_dir
 from .engine import EXPORT_DTYPES, TrainingConfig, train
+from .imagenet_init import ENCODER_INITS
 
 
 def key_value(text: str) -> tuple[str, object]:
@@ -58,6 +59,10 @@ def parse_args(argv: list[str] | None = None) -> TrainingConfig:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue from ROOT/NETWORK/checkpoint.pt")
     p.add_argument("--init", metavar="ROOT", help="start from the trained ROOT/NETWORK (skips GAN pre-training)")
+    p.add_argument("--encoder-init", choices=ENCODER_INITS, default="none",
+                   help="imagenet: a new generator's ResNet-18 encoder from ../shared/weights' ImageNet ResNet-18 "
+                        "(cnn; paracolorizer_fg/bg with --config width=64), BatchNorms re-expanded on 256 training "
+                        "images (default: %(default)s)")
     p.add_argument("--minutes", type=float, metavar="N",
                    help="wall-clock budget: stop cleanly after N minutes (checkpoint, export, curves); --resume continues")
 

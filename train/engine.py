@@ -42,6 +42,7 @@ from colorizers.networks import PatchDiscriminator
 from colorizers.precision import PRECISIONS, autocast, memory_format, resolve_precision
 
 from .data import ImageSet, read_images
+from .imagenet_init import calibration_l_norm, check_encoder_init, init_encoder_from_imagenet
 from .losses import IGNORE_LABEL, EdgeLoss, GANLoss, SSIMLoss, l1_loss, masked_cross_entropy, mse_loss
 from .recipes import Adam, Phase, Recipe, get_recipe
 
@@ -49,6 +50,7 @@ CHECKPOINT = "checkpoint.pt"
 LOSSES_CSV = "losses.csv"
 CURVES_PNG = "curves.png"
 TRAINING_CONFIG = "training_config.json"
+HISTORY = "history.jsonl"  # one line per invocation of the run: steps, size, time, speed (what the model card reports)
 #: ``--export-dtype`` choices: the precision of the exported ``model.safetensors`` (the checkpoint stays float32).
 EXPORT_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -80,6 +82,7 @@ class TrainingConfig:
     proposals: str | None = None      # paracolorizer_fg: the .npz of ``python -m train.proposals``
     min_class_examples: int | None = None  # cnn_classifier; default: the recipe's
     init: str | None = None           # weights root whose NETWORK is the starting generator (skips pre-training)
+    encoder_init: str = "none"        # "imagenet": ResNet-18 encoder from ../shared/weights (imagenet_init.py)
     resume: bool = False
     seed: int = 0
     device: str = "auto"              # "auto": cuda when available
@@ -104,6 +107,8 @@ def resolve_recipe(config: TrainingConfig) -> Recipe:
                          f"its terms are {', '.join(recipe.loss_terms)}")
     if config.pretrain_share is not None and not 0.0 <= config.pretrain_share <= 1.0:
         raise ValueError(f"--pretrain-share must be in [0, 1], got {config.pretrain_share}")
+    if not config.resume:  # a resumed generator comes from its checkpoint, whatever initialised it
+        check_encoder_init(config.network, config.encoder_init, config.model_config, init=config.init)
     image_size = config.image_size or recipe.image_size
     if image_size != recipe.image_size and not recipe.resizable:
         raise ValueError(f"{config.network} takes {recipe.image_size}x{recipe.image_size} images only")
@@ -258,6 +263,9 @@ def model_config_of(model: nn.Module) -> dict:
 def build_generator(config: TrainingConfig, recipe: Recipe, images: ImageSet, checkpoint: dict | None) -> nn.Module:
     """The generator to train: from the checkpoint (``--resume``), from ``--init`` weights, or new.
 
+    A new generator with ``encoder_init="imagenet"`` gets the ImageNet ResNet-18 encoder, its BatchNorms
+    re-expanded on a few hundred of ``images`` (``imagenet_init.py``).
+
     A new ``cnn_classifier`` learns the classes with at least ``min_class_examples`` training images; their
     names go into its config, so the exported model knows what its logits mean.
     """
@@ -277,7 +285,11 @@ def build_generator(config: TrainingConfig, recipe: Recipe, images: ImageSet, ch
                 f"{config.network} needs labelled images: no class has {recipe.min_class_examples} or more "
                 "training images (labels come from a colorize256 manifest; see --min-class-examples)")
         model_config.update(num_classes=len(classes), class_names=classes)
-    return colorizers.build_model(config.network, **model_config)
+    model = colorizers.build_model(config.network, **model_config)
+    if config.encoder_init == "imagenet":
+        init_encoder_from_imagenet(model.encoder, calibration_l_norm(images.images, seed=config.seed),
+                                   device=resolve_device(config.device))
+    return model
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -662,6 +674,14 @@ def train(config: TrainingConfig) -> Path:
     elapsed = time.monotonic() - began
     status = "finished" if step >= steps else f"stopped by the {config.minutes:g}-minute budget (--resume continues)"
     terms = ", ".join(f"{k} {v:.4f}" for k, v in latest_val.items())
+    with open(out_dir / HISTORY, "a") as f:
+        f.write(json.dumps({
+            "from_step": start, "to_step": step, "total_steps": steps, "phase": phase_of(phases, steps, step),
+            "images": (step - start) * recipe.batch_size, "minutes": round(elapsed / 60, 2),
+            "images_per_second": round((step - start) * recipe.batch_size / max(elapsed, 1e-9), 2),
+            "image_size": recipe.image_size, "batch_size": recipe.batch_size, "precision": trainer.precision,
+            "threads": torch.get_num_threads(), "device": str(device), "init": config.init, "resume": config.resume,
+            "stopped_by_budget": step < steps, "validation": latest_val}) + "\n")
     tqdm.write(f"{config.network}: {status} at step {step}/{steps} ({phase_of(phases, steps, step)}), "
                f"{(step - start) * recipe.batch_size} images in {elapsed / 60:.1f} min "
                f"({(step - start) * recipe.batch_size / max(elapsed, 1e-9):.1f} img/s, {trainer.precision}, "

@@ -17,6 +17,9 @@ class CNNBaseline(ColorizationNet):
 
     Choice: [17]'s head has no output activation; we add ``tanh`` so the prediction stays in the normalised
     ab range (the L1 loss of section 3.1.2 is unchanged by it).
+
+    The encoder starts random; training with ``--encoder-init imagenet`` takes all of it (conv1 .. layer2) from
+    torchvision's ImageNet ResNet-18 instead (``train/imagenet_init.py``; the default width, 64, is torchvision's).
     """
 
     native_size = 256

@@ -56,8 +56,11 @@ class ResUNet(ColorizationNet):
     output. With ``self_attention`` a SAGAN block follows the decoder stage at 1/8 resolution (32x32 for a
     256x256 input), where fastai's self-attention U-Net places it.
 
-    Choice: the paper's encoder is ImageNet-pretrained; no ResNet-18 ImageNet weights can be had offline here,
-    so the encoder starts from random initialisation and the generator pre-training (IV-A) does that work.
+    Choice: the paper's encoder is ImageNet-pretrained; here it starts from random initialisation by default and
+    the generator pre-training (IV-A) does that work. Training with ``--encoder-init imagenet`` and ``width=64``
+    (torchvision's widths; the default 32 fits no ImageNet tensor) takes conv1 .. layer3 from torchvision's
+    ImageNet ResNet-18 instead (``train/imagenet_init.py``; layer4, whose 3x3 weights are not available here,
+    stays random).
     """
 
     native_size = 256

@@ -1,0 +1,256 @@
+"""The CPU training plan that produced the shipped weights, as plain data, and the tool that runs and ships it.
+
+    python -m train.plan show                          # every stage's command and its CPU budget
+    python -m train.plan run paracolorizer_bg --root runs   # run one network's stages in order, in the background
+    python -m train.plan ship --root runs --eval runs/eval  # copy the final weights into assets/weights + model cards
+
+Every network follows its recipe (``recipes.py``) in stages that are separate, time-boxed ``python -m train``
+runs, so each one ends cleanly within a session and the next continues from it:
+
+- the GANs (``attention_ugan``, ``paracolorizer_fg``, ``paracolorizer_bg``): L1 pre-training at 128 x 128, then
+  the adversarial phase at 128 x 128 starting from the pre-trained generator (``--init``: a fresh optimizer and
+  PatchGAN, as DTU 3.3.3 fine-tunes a pre-trained generator), then the adversarial phase finished at the native
+  256 x 256 (``--resume --size 256``: the same optimizers and PatchGAN, at the native size);
+- the others (``cnn``, ``paracolorizer_fusion``): their single phase at 128 x 128, finished at 256 x 256
+  (224 x 224 throughout for ``cnn_classifier``, whose fully connected layers fix its input).
+
+``minutes`` is the wall-clock budget of a stage with one torch thread on the project's 2-core CPU (two stages run
+side by side, one per core): CPU-minutes, in other words. A stage stops at its budget with a checkpoint and an
+export (``--minutes``), so how many steps it reaches depends on the machine; each run's ``history.jsonl``
+records them, and ``ship`` writes the exact step counts into the model cards, so a card's commands
+(``--steps`` instead of ``--minutes``) repeat the run step for step on any machine.
+
+Deviations from the recipes, for the CPU: batch 16 (more updates per CPU-minute than 32), a generator learning
+rate of 1e-4 in ParaColorizer's adversarial phase (the recipe's 2e-4 made garish colours in a first probe) with
+the discriminator at 5e-5 (the recipe: 2e-4), and ``attention_ugan`` at ``base_width=16`` (2.2 M parameters
+instead of 8.7 M: the full width trains at 4 images/s per core adversarially). Every such choice is in the
+stage's arguments, and from there in ``training_config.json`` and the model card.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import colorizers
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = "../shared/data/colorize256/manifest.csv"
+PROPOSALS = "{root}/proposals.npz"
+#: Arguments every stage shares: validation on 200 val images every 250 steps, batch 16, one thread.
+COMMON = ("--val-data", DATA, "--max-val-images", "200", "--batch-size", "16", "--checkpoint-every", "500",
+          "--val-every", "250", "--log-every", "20", "--threads", "1")
+ADVERSARIAL_128 = ("--lr", "1e-4", "--d-lr", "5e-5", "--steps", "100000", "--size", "128")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str                 # e.g. "pretrain 128"
+    run: str                  # the run's folder under ROOT (a weights root: ROOT/RUN/NETWORK/)
+    args: tuple[str, ...]     # ``python -m train`` arguments beyond network, --data, --out and the COMMON ones
+    minutes: float            # wall-clock budget with one thread (CPU-minutes)
+
+
+PLAN: dict[str, tuple[Stage, ...]] = {
+    "paracolorizer_bg": (
+        Stage("pretrain 128", "bg_pre", ("--size", "128", "--pretrain-share", "1", "--steps", "100000"), 36),
+        Stage("adversarial 128", "bg_adv", ("--init", "{root}/bg_pre", *ADVERSARIAL_128), 14),
+        Stage("adversarial 256", "bg_adv", ("--init", "{root}/bg_pre", *ADVERSARIAL_128[:-1], "256", "--resume"), 10),
+    ),
+    "paracolorizer_fg": (
+        Stage("pretrain 128", "fg_pre", ("--proposals", PROPOSALS, "--size", "128", "--pretrain-share", "1",
+                                         "--steps", "100000"), 30),
+        Stage("adversarial 128", "fg_adv", ("--proposals", PROPOSALS, "--init", "{root}/fg_pre", *ADVERSARIAL_128), 14),
+        Stage("adversarial 256", "fg_adv", ("--proposals", PROPOSALS, "--init", "{root}/fg_pre", *ADVERSARIAL_128[:-1],
+                                            "256", "--resume"), 10),
+    ),
+    "paracolorizer_fusion": (
+        Stage("train 128", "fusion", ("--size", "128", "--steps", "100000"), 8),
+        Stage("train 256", "fusion", ("--size", "256", "--steps", "100000", "--resume"), 3),
+    ),
+    "cnn": (
+        Stage("train 128", "cnn", ("--size", "128", "--steps", "100000"), 12),
+        Stage("train 256", "cnn", ("--size", "256", "--steps", "100000", "--resume"), 5),
+    ),
+    "cnn_classifier": (
+        Stage("train 224", "cls", ("--steps", "100000"), 18),
+    ),
+    "attention_ugan": (
+        Stage("pretrain 128", "augan_pre", ("--size", "128", "--config", "base_width=16", "--pretrain-share", "1",
+                                            "--steps", "100000"), 10),
+        Stage("adversarial 128", "augan_adv", ("--init", "{root}/augan_pre", "--size", "128", "--steps", "100000"), 10),
+        Stage("adversarial 256", "augan_adv", ("--init", "{root}/augan_pre", "--size", "256", "--steps", "100000",
+                                               "--resume"), 5),
+    ),
+}
+#: The proposals the foreground stages train on (``train.proposals``), made before them.
+PROPOSALS_COMMAND = ("python", "-m", "train.proposals", "--data", DATA, "--split", "train", "--kind", "object,mixed",
+                     "--out", PROPOSALS)
+
+
+def stage_command(network: str, stage: Stage, root: str, minutes: float | None = None,
+                  steps: int | None = None) -> list[str]:
+    """``python -m train`` for a stage, under ``root``; ``steps`` replaces the budget by an exact step count."""
+    args = [a.format(root=root) for a in stage.args]
+    if steps is not None:
+        args[args.index("--steps") + 1] = str(steps)
+    else:
+        args += ["--minutes", f"{minutes if minutes is not None else stage.minutes:g}"]
+    return ["python", "-m", "train", network, "--data", DATA, *COMMON, *args, "--out", f"{root}/{stage.run}"]
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    path = run_dir / "history.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def cpu_minutes(network: str) -> float:
+    return sum(stage.minutes for stage in PLAN[network])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# show / run
+
+def show() -> None:
+    total = 0.0
+    print(f"$ {shlex.join(PROPOSALS_COMMAND).replace('{root}', 'runs')}")
+    for network, stages in PLAN.items():
+        total += cpu_minutes(network)
+        print(f"\n# {network}: {cpu_minutes(network):g} CPU-minutes")
+        for stage in stages:
+            print(f"$ {shlex.join(stage_command(network, stage, 'runs'))}    # {stage.name}, {stage.minutes:g} min")
+    print(f"\n# all networks: {total:g} CPU-minutes ({total / 60:.1f} CPU-hours)")
+
+
+def run(networks: list[str], root: str, scale: float) -> None:
+    """Run the networks' stages in order (the proposals first when the foreground needs them)."""
+    python = sys.executable
+    if "paracolorizer_fg" in networks and not Path(PROPOSALS.format(root=root)).is_file():
+        subprocess.run([python, *[a.format(root=root) for a in PROPOSALS_COMMAND[1:]]], cwd=REPO, check=True)
+    for network in networks:
+        for stage in PLAN[network]:
+            command = stage_command(network, stage, root, minutes=stage.minutes * scale)
+            print(f"$ {shlex.join(command)}", flush=True)
+            subprocess.run([python, *command[1:]], cwd=REPO, check=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ship: final weights + model cards
+
+def _stage_rows(network: str, root: Path) -> list[tuple[Stage, dict]]:
+    """(stage, its history entry) in order: a run folder's history lines belong to its stages in order."""
+    rows, used = [], {}
+    for stage in PLAN[network]:
+        history = read_history(root / stage.run / network)
+        index = used.get(stage.run, 0)
+        if index < len(history):
+            rows.append((stage, history[index]))
+        used[stage.run] = index + 1
+    return rows
+
+
+def _metrics_rows(eval_dir: Path | None) -> dict[str, dict[str, str]]:
+    if eval_dir is None or not (eval_dir / "metrics.csv").is_file():
+        return {}
+    with open(eval_dir / "metrics.csv", newline="") as f:
+        return {row["method"]: row for row in csv.DictReader(f)}
+
+
+def model_card(network: str, root: Path, eval_dir: Path | None, dest: Path) -> str:
+    """The model card (README.md) of a shipped network."""
+    config = json.loads((dest / network / "config.json").read_text())
+    net = colorizers.load_network(network, dest)
+    params = sum(p.numel() for p in net.parameters())
+    size_mb = (dest / network / "model.safetensors").stat().st_size / 1e6
+    stages = _stage_rows(network, root)
+    last_run = root / PLAN[network][-1].run / network
+    training = json.loads((last_run / "training_config.json").read_text())
+    recipe = training["recipe"]
+    models = [m for m, nets in colorizers.MODEL_NETWORKS.items() if network in nets]
+    metrics = _metrics_rows(eval_dir)
+    lines = [
+        "---", "library_name: colorizers", "license: mit", "tags: [image-colorization]", "---", "",
+        f"# `{network}`", "",
+        f"Part of {', '.join(colorizers.MODEL_TITLES[m] for m in models)}. Recipe: {recipe['paper']} "
+        f"(`train/recipes.py`); the training plan: `train/plan.py`.", "",
+        f"- **Architecture**: `colorizers.build_model({network!r}, **config)`, config: `{json.dumps(config)}`",
+        f"- **Size**: {params / 1e6:.2f} M parameters, {size_mb:.1f} MB as fp16 safetensors",
+        f"- **Data**: colorize256 (`{DATA}`), train split, kinds {', '.join(recipe['kinds'])}: "
+        f"{training['num_images']} training images (with object-proposal crops for the foreground model); "
+        "validation on 200 images of the val split.",
+        "- **Hardware**: the project's 2-core CPU (AMD EPYC Zen 4 with AVX512-BF16), one torch thread per run, bf16 "
+        "autocast + channels-last.", "",
+        "## Training stages", "",
+        "| stage | phase | size | steps | images | CPU-minutes | images/s | val L1 (ab/110) after |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for stage, h in stages:
+        val = h.get("validation", {}).get("val_l1")
+        lines.append(f"| {stage.name} | {h['phase']} | {h['image_size']} | {h['from_step']}→{h['to_step']} | "
+                     f"{h['images']} | {h['minutes']:.1f} | {h['images_per_second']:.1f} | "
+                     f"{'' if val is None else f'{val:.4f}'} |")
+    lines += ["", f"Batch {stages[0][1]['batch_size'] if stages else 16}; loss terms and weights per phase: "
+              f"`{json.dumps([{p['name']: p['losses']} for p in recipe['phases']])}`.", ""]
+    if metrics:
+        lines += ["## Validation metrics (val split, 256 x 256, `python -m train.evaluate`)", "",
+                  "| model | Δ Colourful ↓ | FID ↓ | LPIPS ↓ | PSNR ↑ | SSIM ↑ | Colourfulness |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for name in [*models, "grayscale", "ground_truth"]:
+            if name in metrics:
+                r = metrics[name]
+                lines.append(f"| {name} | {r['delta_colourfulness']} | {r['fid']} | {r['lpips']} | {r['psnr']} | "
+                             f"{r['ssim']} | {r['colourfulness']} |")
+        lines += ["", "The example grid of all six models is `assets/results/examples.png` (project README).", ""]
+    lines += ["## Reproduce", "", "From the repository root, on the colorize256 data next to it (`../shared/data`); "
+              "the step counts are the ones this run reached, so the commands repeat it step for step:", "",
+              "```bash"]
+    if network == "paracolorizer_fg":
+        lines.append(shlex.join(PROPOSALS_COMMAND).replace("{root}", "runs"))
+    for stage, h in stages:
+        lines.append(shlex.join(stage_command(network, stage, "runs", steps=h["to_step"])))
+    lines += [f"mkdir -p assets/weights/{network} && cp runs/{PLAN[network][-1].run}/{network}/"
+              f"{{config.json,model.safetensors}} assets/weights/{network}/", "```", ""]
+    return "\n".join(lines)
+
+
+def ship(root: Path, eval_dir: Path | None, dest: Path, networks: list[str]) -> None:
+    for network in networks:
+        source = root / PLAN[network][-1].run / network
+        target = dest / network
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", "model.safetensors"):
+            shutil.copy2(source / name, target / name)
+        (target / "README.md").write_text(model_card(network, root, eval_dir, dest))
+        print(f"shipped {network} -> {target}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m train.plan", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("show", help="print every stage's command and budget")
+    r = sub.add_parser("run", help="run networks' stages in order")
+    r.add_argument("networks", nargs="+", choices=list(PLAN))
+    r.add_argument("--root", default="runs")
+    r.add_argument("--scale", type=float, default=1.0, help="multiply every budget (e.g. 0.5 on a faster machine)")
+    s = sub.add_parser("ship", help="copy each network's final weights to DEST with a model card")
+    s.add_argument("--root", default="runs")
+    s.add_argument("--eval", default=None, help="a train.evaluate output folder (metrics.csv) for the cards")
+    s.add_argument("--dest", default=str(REPO / "assets" / "weights"))
+    s.add_argument("--networks", nargs="+", choices=list(PLAN), default=list(PLAN))
+    args = p.parse_args(argv)
+    if args.command == "show":
+        show()
+    elif args.command == "run":
+        run(args.networks, args.root, args.scale)
+    else:
+        ship(Path(args.root), Path(args.eval) if args.eval else None, Path(args.dest), args.networks)
+
+
+if __name__ == "__main__":
+    main()
