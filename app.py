@@ -26,7 +26,7 @@ from gradio.processing_utils import save_bytes_to_cache
 from PIL import Image, UnidentifiedImageError
 
 import colorizers
-from colorizers import Colorizer
+from colorizers import Colorizer, reference
 from colorizers.compare import Comparison, colorize_models
 from colorizers.weights import describe_source
 
@@ -38,6 +38,10 @@ PARACOLORIZER_NOTE = (
     "ParaColorizer result and the foreground/background results share. The foreground and background times are "
     "each generator's own prediction (plus putting its colours on your photo); ParaColorizer's time is that whole "
     "shared pass (both generators and the DenseFuse fusion step) plus its own finishing."
+)
+REFERENCE_NOTE = (
+    "**This is a colour photo**, so it is its own reference: every model coloured its grey version (its lightness "
+    "only), and each result is compared with your original below, at the photo's full resolution."
 )
 
 
@@ -133,6 +137,8 @@ class ComparisonFiles:
     grey: str
     results: dict[str, str]
     zip: str
+    original: str | None = None  # reference mode (a colour upload): the original as a PNG
+    scores: dict[str, reference.Score] | None = None  # reference mode: each result against the original
 
 
 def _png(image: Image.Image) -> bytes:
@@ -145,9 +151,13 @@ def _stem(path: str | os.PathLike) -> str:
     return re.sub(r"[^\w-]+", "_", Path(path).stem)[:60] or "photo"
 
 
-def save_comparison(comparison: Comparison, stem: str, cache_dir: str) -> ComparisonFiles:
+def save_comparison(comparison: Comparison, stem: str, cache_dir: str,
+                    scores: dict[str, reference.Score] | None = None,
+                    original: Image.Image | None = None) -> ComparisonFiles:
     """Each result and the grey input as a PNG, plus a zip of them all, in ``cache_dir`` (Gradio's cache, so the
-    files are served and cleaned up with the app's other temporary files). Each PNG is encoded once."""
+    files are served and cleaned up with the app's other temporary files). Each PNG is encoded once. In reference
+    mode (``scores`` and the ``original`` given) the original is saved too (shown, not zipped: the visitor has it)
+    and the zip holds ``metrics.csv``."""
     pngs = {"grey-input": _png(comparison.grey)}
     pngs.update((name, _png(result.image)) for name, result in comparison.results.items())
     names = {key: f"{stem}-{key}.png" for key in pngs}
@@ -156,8 +166,13 @@ def save_comparison(comparison: Comparison, stem: str, cache_dir: str) -> Compar
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:  # PNGs are compressed already
         for key, data in pngs.items():
             zf.writestr(names[key], data)
+        if scores is not None:
+            zf.writestr("metrics.csv", reference.csv_text([(stem, s) for s in scores.values()], with_means=False))
     zip_path = save_bytes_to_cache(archive.getvalue(), f"{stem}-colorized.zip", cache_dir)
-    return ComparisonFiles(paths.pop("grey-input"), paths, zip_path)
+    original_path = None
+    if scores is not None and original is not None:
+        original_path = save_bytes_to_cache(_png(original), f"{stem}-original.png", cache_dir)
+    return ComparisonFiles(paths.pop("grey-input"), paths, zip_path, original_path, scores)
 
 
 def _choose(names, available: dict[str, Colorizer]) -> dict[str, Colorizer]:
@@ -172,10 +187,18 @@ def _choose(names, available: dict[str, Colorizer]) -> dict[str, Colorizer]:
 
 def run_comparison(path, names, available: dict[str, Colorizer], settings: Settings,
                    cache_dir: str) -> tuple[Comparison, ComparisonFiles]:
-    """What the Compare button does: check the upload, colorize it with the chosen models, save the files."""
+    """What the Compare button does: check the upload, colorize it with the chosen models, save the files. A
+    colour upload is colorized from its lightness like any other, then each result is scored against it
+    (``colorizers.reference``, at the upload's full resolution); ``files.scores`` is ``None`` for a grey one."""
     models = _choose(names, available)
-    comparison = colorize_checked(read_image(path, settings.max_pixels), models)
-    return comparison, save_comparison(comparison, _stem(path), cache_dir)
+    image = read_image(path, settings.max_pixels)
+    original = reference.colour_original(image)
+    comparison = colorize_checked(image, models)
+    scores = None
+    if original is not None:
+        scores = reference.score(original, {name: result.image for name, result in comparison.results.items()})
+        original = colorizers.tensor_to_image(original)
+    return comparison, save_comparison(comparison, _stem(path), cache_dir, scores, original)
 
 
 def colorize_checked(image: Image.Image, models: dict[str, Colorizer]) -> Comparison:
@@ -215,9 +238,11 @@ def model_status(available: dict, unavailable: dict[str, str], weights: str | No
     return "\n".join(lines)
 
 
-def _summary(comparison: Comparison) -> str:
+def _summary(comparison: Comparison, scored: bool = False) -> str:
     text = (f"Colorized with {len(comparison.results)} model(s) in {comparison.seconds:.2f} s; converting the photo to "
             f"lightness took {comparison.convert_seconds:.2f} s, once for all models.")
+    if scored:
+        text = f"{REFERENCE_NOTE}\n\n{text}"
     if comparison.shares_paracolorizer_pass:
         text += f"\n\n{PARACOLORIZER_NOTE}"
     return text
@@ -308,7 +333,7 @@ def build_demo(available: dict[str, Colorizer], unavailable: dict[str, str], set
         gr.on([], colorize, [api_photo, api_model], api_result, api_name="colorize", preprocess=False,
               concurrency_id="colorize")
 
-        from colorizers.study_app import build_study_tabs  # the realism study's tabs (STUDY_* settings)
+        from study.tab import build_study_tabs  # the realism study's tabs (STUDY_* settings)
         build_study_tabs(available)
 
     return demo.queue(default_concurrency_limit=settings.concurrency)

@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 import colorizers
-from colorizers.study import Study, StudySettings
+from study.protocol import Study, StudySettings
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVED_NAME = re.compile(r"^[0-9a-f]{32}\.jpg$")  # how a served image is named: random, nothing else
@@ -55,7 +55,7 @@ def build(available, settings):
     """A Blocks with the study tabs; returns it and what ``build_study_tabs`` returned."""
     import gradio as gr
 
-    from colorizers.study_app import build_study_tabs
+    from study.tab import build_study_tabs
     with gr.Blocks() as demo:
         tabs = build_study_tabs(available, settings)
     return demo, tabs

@@ -19,11 +19,10 @@ import torch
 from PIL import Image
 
 import colorizers
-from colorizers.study import (
-    CASE_SCORES, Study, StudySettings, StudySetupError, Stimuli, assign_trials, blind_jpeg, case_table,
-    decision_case, fooling_score, practice_photos, replan_trials, save_blind_pair, summarize,
-)
-from colorizers.study_store import AnswerRejected, Decision, StudyStore, Trial, TrialSpec
+from study.protocol import Study, StudySettings, StudySetupError, assign_trials, practice_photos, replan_trials
+from study.scoring import CASE_SCORES, case_table, decision_case, fooling_score, summarize
+from study.stimuli import Stimuli, blind_jpeg, save_blind_pair
+from study.store import AnswerRejected, Decision, StudyStore, Trial, TrialSpec
 from tests.study_helpers import SERVED_NAME, answer_all, load_models, small_settings
 
 TABLE_III = [[6, 37, 52, 5], [12, 40, 40, 8], [6, 29, 55, 10], [7, 34, 49, 10]]

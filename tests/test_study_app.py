@@ -14,9 +14,10 @@ import pytest
 from gradio.state_holder import SessionState
 
 import colorizers
-from colorizers import study_app
-from colorizers.study_app import ANSWERS
-from colorizers.study_store import StudyStore
+from study import tab as study_app
+from study.scoring import decision_case
+from study.store import StudyStore
+from study.tab import ANSWERS
 from tests.study_helpers import MODELS, SERVED_NAME, build, load_models, small_settings
 
 
@@ -138,7 +139,7 @@ def test_simultaneous_participants_end_to_end(launched):
         mine = sorted((r for r in rows if r.participant_id == b.stored_id), key=lambda r: r.position)
         assert [r.position for r in mine] == list(range(settings.photos_per_participant))
         for r in mine:
-            assert r.case_number == colorizers.study.decision_case(r.choice == r.recoloured_side, r.confident)
+            assert r.case_number == decision_case(r.choice == r.recoloured_side, r.confident)
 
     # What reached the browsers: random file names, and no model, photo or answer key in any pair's payload.
     for b in browsers:

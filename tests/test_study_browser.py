@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from colorizers.study_store import StudyStore
+from study.store import StudyStore
 from tests.helpers import ARTIFACTS, CHROMIUM_ARGS, chromium_path
 from tests.study_helpers import MODELS, build, load_models, small_settings
 

@@ -1,29 +1,17 @@
-"""The blind real-vs-fake realism study of ParaColorizer (section IV-D-1, Table III), without any UI.
+"""The blind real-vs-fake realism study of ParaColorizer (section IV-D-1, Table III): its protocol, without any UI.
 
 A participant sees pairs: a ground-truth colour photo and one model's recolouring of its grey version, side by
 side in random order. They pick the recoloured one and say whether they are confident, which gives the paper's
-four cases and scores (how much the model fooled them):
+four cases (``study.scoring``).
 
-    case 1: right, confident      0        case 3: wrong, not confident   0.75
-    case 2: right, not confident  0.25     case 4: wrong, confident       1
-
-The fooling score is the mean score over all decisions (Table III: 215 points over 400 decisions = 0.5375; the
-paper's printed formula divides by batches x subjects instead, which does not give its own 0.5375). A
-participant who cannot tell the images apart scores 0.5 whatever their confidence.
-
-This module holds the protocol (settings, balanced assignment), the scoring and its bootstrap intervals, the
-stimuli (cached recolourings, blind encoding) and ``Study``, which runs participants through it on top of
-``StudyStore``. ``colorizers.study_app`` puts it in the Gradio app.
+This module holds the settings, the balanced assignment and ``Study``, which runs participants through it on top
+of ``study.store.StudyStore`` and ``study.stimuli``. ``study.tab`` puts it in the Gradio app.
 """
 from __future__ import annotations
 
 import atexit
-import hashlib
-import io
 import os
 import random
-import secrets
-import sys
 import tempfile
 import threading
 import time
@@ -32,21 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-import numpy as np
-import torch
-from PIL import Image, ImageOps
+from colorizers.pipeline import Colorizer
 
-from .color import gray_to_rgb_from_l, rgb_to_l
-from .pipeline import IMAGE_EXTENSIONS, Colorizer, image_to_tensor, tensor_to_image
-from .study_store import SIDES, AnswerRejected, StudyStore, Trial, TrialSpec
-from .study_store import decision_case  # noqa: F401 (re-exported with the scoring)
+from .stimuli import Stimuli, lower_thread_priority, save_blind_pair
+from .store import SIDES, AnswerRejected, StudyStore, Trial, TrialSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PHOTOS = REPO_ROOT / "assets" / "study"
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "study"
-
-#: Score of each case, cases 1..4 (index 0 is case 1).
-CASE_SCORES = (0.0, 0.25, 0.75, 1.0)
 
 
 # --------------------------------------------------------------------------------------------------- settings
@@ -116,72 +97,6 @@ class StudySettings:
 
 class StudySetupError(RuntimeError):
     """The study cannot run as configured; the message says why and what to change."""
-
-
-# ---------------------------------------------------------------------------------------------------- scoring
-
-# ``decision_case(correct, confident)`` (re-exported here) lives in ``study_store``, where each answer's case is
-# derived from the stored answer key.
-
-
-def fooling_score(case_counts: Sequence[Sequence[int]]) -> float:
-    """Mean score over all decisions, from one ``[case1, case2, case3, case4]`` row of counts per batch."""
-    counts = np.asarray(case_counts, dtype=float).reshape(-1, 4).sum(axis=0)
-    if counts.sum() == 0:
-        raise ValueError("no decisions to score")
-    return float(counts @ np.asarray(CASE_SCORES) / counts.sum())
-
-
-@dataclass(frozen=True)
-class ModelSummary:
-    model: str
-    participants: int
-    decisions: int
-    fooling_score: float
-    fooling_ci: tuple[float, float]
-    fool_rate: float  # share of decisions where the participant picked the real photo
-    fool_rate_ci: tuple[float, float]
-
-
-def bootstrap_ratio_ci(numerators: np.ndarray, denominators: np.ndarray, rng: np.random.Generator,
-                       samples: int, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of sum(numerators) / sum(denominators) when the units (participants) are resampled
-    with replacement."""
-    picks = rng.integers(0, len(numerators), size=(samples, len(numerators)))
-    stats = numerators[picks].sum(axis=1) / denominators[picks].sum(axis=1)
-    low, high = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
-
-
-def summarize(answers: Iterable, samples: int = 2000, seed: int = 0, level: float = 0.95) -> list[ModelSummary]:
-    """Per model: fooling score and fool rate, each with a bootstrap interval over participants. ``answers``:
-    objects with ``participant_id``, ``model`` and ``case_number`` (e.g. ``StudyStore.answers()``)."""
-    per_model: dict[str, dict[str, list[int]]] = {}
-    for a in answers:
-        per_model.setdefault(a.model, {}).setdefault(a.participant_id, []).append(a.case_number)
-    rng = np.random.default_rng(seed)
-    summaries = []
-    for model, by_participant in per_model.items():
-        cases = [np.asarray(c) for c in by_participant.values()]
-        decisions = np.array([len(c) for c in cases], dtype=float)
-        scores = np.array([np.take(CASE_SCORES, c - 1).sum() for c in cases])
-        fooled = np.array([(c >= 3).sum() for c in cases], dtype=float)
-        summaries.append(ModelSummary(
-            model=model, participants=len(cases), decisions=int(decisions.sum()),
-            fooling_score=float(scores.sum() / decisions.sum()),
-            fooling_ci=bootstrap_ratio_ci(scores, decisions, rng, samples, level),
-            fool_rate=float(fooled.sum() / decisions.sum()),
-            fool_rate_ci=bootstrap_ratio_ci(fooled, decisions, rng, samples, level),
-        ))
-    return summaries
-
-
-def case_table(answers: Iterable) -> dict[str, dict[int, list[int]]]:
-    """Table III per model: model -> batch -> [case1, case2, case3, case4] counts."""
-    table: dict[str, dict[int, list[int]]] = {}
-    for a in answers:
-        table.setdefault(a.model, {}).setdefault(a.batch, [0, 0, 0, 0])[a.case_number - 1] += 1
-    return {model: dict(sorted(batches.items())) for model, batches in table.items()}
 
 
 # -------------------------------------------------------------------------------------------------- assignment
@@ -272,101 +187,6 @@ def photo_shortage(have: int, settings: StudySettings) -> str:
             f"({settings.practice_pairs} practice + {settings.batches} batches x {settings.pairs_per_batch} "
             f"scored pairs) but {settings.photos_dir} has only {have}. Add photos there, point STUDY_PHOTOS at a "
             "bigger folder, or lower STUDY_PRACTICE_PAIRS, STUDY_BATCHES or STUDY_PAIRS_PER_BATCH.")
-
-
-# ----------------------------------------------------------------------------------------------------- stimuli
-
-
-def weights_identity(colorizer: Colorizer) -> str:
-    """A fingerprint of a model's weights (names, shapes, dtypes and values of its state dict)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(colorizer.model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def grey_version(photo: Image.Image) -> Image.Image:
-    """The photo with its colour removed: the same CIE L, a = b = 0."""
-    return tensor_to_image(gray_to_rgb_from_l(rgb_to_l(image_to_tensor(photo))))
-
-
-def blind_jpeg(image: Image.Image, quality: int) -> bytes:
-    """``image`` as a baseline JPEG with fixed settings and no metadata."""
-    pixels = Image.frombytes("RGB", image.size, image.convert("RGB").tobytes())  # drops EXIF, ICC, comments
-    out = io.BytesIO()
-    pixels.save(out, "JPEG", quality=quality, subsampling="4:2:0", optimize=False, progressive=False)
-    return out.getvalue()
-
-
-def save_blind_pair(pair: Sequence[Image.Image], folder: Path, quality: int) -> tuple[Path, ...]:
-    """Write the images of a pair as JPEGs under random names in ``folder``, encoded identically (``blind_jpeg``)
-    and of the same size in bytes: the shorter files are padded with zero bytes after their end-of-image marker,
-    which decoders ignore. So nothing but their pixels tells the files apart."""
-    encoded = [blind_jpeg(image, quality) for image in pair]
-    size = max(len(data) for data in encoded)
-    paths = []
-    for data in encoded:
-        path = folder / f"{secrets.token_hex(16)}.jpg"
-        path.write_bytes(data.ljust(size, b"\0"))
-        paths.append(path)
-    return tuple(paths)
-
-
-def lower_thread_priority(niceness: int = 10) -> None:
-    """Make the calling thread (and the threads it starts, e.g. torch's) yield the CPU to the app's other threads.
-    Linux keeps a nice value per thread; elsewhere ``setpriority`` would lower the whole process, so it is left."""
-    if sys.platform.startswith("linux"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
-        except OSError:  # e.g. not permitted in a sandbox: run at normal priority
-            pass
-
-
-class Stimuli:
-    """The study photos and the models' recolourings of them, computed once and cached on disk under
-    ``cache_dir/<model>/<weights identity>/<photo name>-<photo hash>.png``."""
-
-    def __init__(self, photos_dir: Path, colorizers: Mapping[str, Colorizer], cache_dir: Path):
-        self.photos = {p.name: p for p in sorted(Path(photos_dir).iterdir())
-                       if p.suffix.lower() in IMAGE_EXTENSIONS} if Path(photos_dir).is_dir() else {}
-        self.colorizers = dict(colorizers)
-        self.weights = {name: weights_identity(c) for name, c in self.colorizers.items()}
-        self.cache_dir = Path(cache_dir)
-        self._locks: dict[Path, threading.Lock] = {}
-        self._locks_lock = threading.Lock()
-
-    def photo(self, name: str) -> Image.Image:
-        with Image.open(self.photos[name]) as image:
-            return (ImageOps.exif_transpose(image) or image).convert("RGB")
-
-    def _cache_path(self, model: str, name: str) -> Path:
-        photo_hash = hashlib.sha256(self.photos[name].read_bytes()).hexdigest()[:16]
-        return self.cache_dir / model / self.weights[model] / f"{Path(name).stem}-{photo_hash}.png"
-
-    def recolouring(self, model: str, name: str) -> Image.Image:
-        path = self._cache_path(model, name)
-        with self._locks_lock:
-            lock = self._locks.setdefault(path, threading.Lock())
-        with lock:  # each recolouring is computed once; others are not held up meanwhile
-            if not path.is_file():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                image = self.colorizers[model].colorize(grey_version(self.photo(name)))
-                # A name of its own: another process (or a second app in this one) may write the same key.
-                staging = path.with_name(f"{path.stem}.{secrets.token_hex(8)}.tmp")
-                image.save(staging, "PNG")
-                os.replace(staging, path)
-        with Image.open(path) as image:
-            return image.convert("RGB")
-
-    def warm(self, models: Iterable[str], stop: threading.Event) -> None:
-        """Compute every missing recolouring of ``models`` ahead of the participants, until ``stop`` is set."""
-        for model in models:
-            for name in self.photos:
-                if stop.is_set():
-                    return
-                self.recolouring(model, name)
 
 
 # -------------------------------------------------------------------------------------------------- the study

@@ -1,7 +1,7 @@
 """The realism study in the Gradio app: a participant tab and an organiser's results tab.
 
 ``app.py`` calls ``build_study_tabs(available)`` inside its ``gr.Blocks``. The protocol, scoring and storage
-are in ``colorizers.study`` and ``colorizers.study_store``; this module only lays out the screens and wires the
+are in ``study.protocol``, ``study.scoring`` and ``study.store``; this module only lays out the screens and wires the
 events. Every study event is private (not an API endpoint). The browser only ever receives the two images of
 the current pair, under random names, and the random id of its trial; which one is real stays on the server until
 it has been answered.
@@ -23,10 +23,12 @@ import pandas as pd
 from gradio.utils import get_upload_folder
 from matplotlib.figure import Figure
 
-from . import MODEL_NAMES, MODEL_TITLES
-from .pipeline import Colorizer
-from .study import Screen, Study, StudySettings, StudySetupError, case_table, fooling_score, summarize
-from .study_store import StudyStore
+from colorizers import MODEL_NAMES, MODEL_TITLES
+from colorizers.pipeline import Colorizer
+
+from .protocol import Screen, Study, StudySettings, StudySetupError
+from .scoring import case_table, fooling_score, summarize
+from .store import StudyStore
 
 log = logging.getLogger(__name__)
 

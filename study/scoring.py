@@ -1,0 +1,84 @@
+"""Scoring of the realism study (ParaColorizer Table III): the four cases, the fooling score, per-model summaries
+with bootstrap intervals over participants, and the per-batch case table.
+
+    case 1: right, confident      0        case 3: wrong, not confident   0.75
+    case 2: right, not confident  0.25     case 4: wrong, confident       1
+
+The fooling score is the mean score over all decisions (Table III: 215 points over 400 decisions = 0.5375; the
+paper's printed formula divides by batches x subjects instead, which does not give its own 0.5375). A
+participant who cannot tell the images apart scores 0.5 whatever their confidence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .store import decision_case  # noqa: F401 (re-exported with the scoring)
+
+#: Score of each case, cases 1..4 (index 0 is case 1).
+CASE_SCORES = (0.0, 0.25, 0.75, 1.0)
+
+# ``decision_case(correct, confident)`` (re-exported here) lives in ``study.store``, where each answer's case is
+# derived from the stored answer key.
+
+
+def fooling_score(case_counts: Sequence[Sequence[int]]) -> float:
+    """Mean score over all decisions, from one ``[case1, case2, case3, case4]`` row of counts per batch."""
+    counts = np.asarray(case_counts, dtype=float).reshape(-1, 4).sum(axis=0)
+    if counts.sum() == 0:
+        raise ValueError("no decisions to score")
+    return float(counts @ np.asarray(CASE_SCORES) / counts.sum())
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    model: str
+    participants: int
+    decisions: int
+    fooling_score: float
+    fooling_ci: tuple[float, float]
+    fool_rate: float  # share of decisions where the participant picked the real photo
+    fool_rate_ci: tuple[float, float]
+
+
+def bootstrap_ratio_ci(numerators: np.ndarray, denominators: np.ndarray, rng: np.random.Generator,
+                       samples: int, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of sum(numerators) / sum(denominators) when the units (participants) are resampled
+    with replacement."""
+    picks = rng.integers(0, len(numerators), size=(samples, len(numerators)))
+    stats = numerators[picks].sum(axis=1) / denominators[picks].sum(axis=1)
+    low, high = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def summarize(answers: Iterable, samples: int = 2000, seed: int = 0, level: float = 0.95) -> list[ModelSummary]:
+    """Per model: fooling score and fool rate, each with a bootstrap interval over participants. ``answers``:
+    objects with ``participant_id``, ``model`` and ``case_number`` (e.g. ``StudyStore.answers()``)."""
+    per_model: dict[str, dict[str, list[int]]] = {}
+    for a in answers:
+        per_model.setdefault(a.model, {}).setdefault(a.participant_id, []).append(a.case_number)
+    rng = np.random.default_rng(seed)
+    summaries = []
+    for model, by_participant in per_model.items():
+        cases = [np.asarray(c) for c in by_participant.values()]
+        decisions = np.array([len(c) for c in cases], dtype=float)
+        scores = np.array([np.take(CASE_SCORES, c - 1).sum() for c in cases])
+        fooled = np.array([(c >= 3).sum() for c in cases], dtype=float)
+        summaries.append(ModelSummary(
+            model=model, participants=len(cases), decisions=int(decisions.sum()),
+            fooling_score=float(scores.sum() / decisions.sum()),
+            fooling_ci=bootstrap_ratio_ci(scores, decisions, rng, samples, level),
+            fool_rate=float(fooled.sum() / decisions.sum()),
+            fool_rate_ci=bootstrap_ratio_ci(fooled, decisions, rng, samples, level),
+        ))
+    return summaries
+
+
+def case_table(answers: Iterable) -> dict[str, dict[int, list[int]]]:
+    """Table III per model: model -> batch -> [case1, case2, case3, case4] counts."""
+    table: dict[str, dict[int, list[int]]] = {}
+    for a in answers:
+        table.setdefault(a.model, {}).setdefault(a.batch, [0, 0, 0, 0])[a.case_number - 1] += 1
+    return {model: dict(sorted(batches.items())) for model, batches in table.items()}

@@ -1,0 +1,109 @@
+"""The study's stimuli: the ground-truth photos, the models' recolourings of their grey versions (computed once,
+cached on disk, keyed by the weights), and how a pair is encoded for the browser."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import secrets
+import sys
+import threading
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import torch
+from PIL import Image, ImageOps
+
+from colorizers.color import gray_to_rgb_from_l, rgb_to_l
+from colorizers.pipeline import IMAGE_EXTENSIONS, Colorizer, image_to_tensor, tensor_to_image
+
+def weights_identity(colorizer: Colorizer) -> str:
+    """A fingerprint of a model's weights (names, shapes, dtypes and values of its state dict)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(colorizer.model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def grey_version(photo: Image.Image) -> Image.Image:
+    """The photo with its colour removed: the same CIE L, a = b = 0."""
+    return tensor_to_image(gray_to_rgb_from_l(rgb_to_l(image_to_tensor(photo))))
+
+
+def blind_jpeg(image: Image.Image, quality: int) -> bytes:
+    """``image`` as a baseline JPEG with fixed settings and no metadata."""
+    pixels = Image.frombytes("RGB", image.size, image.convert("RGB").tobytes())  # drops EXIF, ICC, comments
+    out = io.BytesIO()
+    pixels.save(out, "JPEG", quality=quality, subsampling="4:2:0", optimize=False, progressive=False)
+    return out.getvalue()
+
+
+def save_blind_pair(pair: Sequence[Image.Image], folder: Path, quality: int) -> tuple[Path, ...]:
+    """Write the images of a pair as JPEGs under random names in ``folder``, encoded identically (``blind_jpeg``)
+    and of the same size in bytes: the shorter files are padded with zero bytes after their end-of-image marker,
+    which decoders ignore. So nothing but their pixels tells the files apart."""
+    encoded = [blind_jpeg(image, quality) for image in pair]
+    size = max(len(data) for data in encoded)
+    paths = []
+    for data in encoded:
+        path = folder / f"{secrets.token_hex(16)}.jpg"
+        path.write_bytes(data.ljust(size, b"\0"))
+        paths.append(path)
+    return tuple(paths)
+
+
+def lower_thread_priority(niceness: int = 10) -> None:
+    """Make the calling thread (and the threads it starts, e.g. torch's) yield the CPU to the app's other threads.
+    Linux keeps a nice value per thread; elsewhere ``setpriority`` would lower the whole process, so it is left."""
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+        except OSError:  # e.g. not permitted in a sandbox: run at normal priority
+            pass
+
+
+class Stimuli:
+    """The study photos and the models' recolourings of them, computed once and cached on disk under
+    ``cache_dir/<model>/<weights identity>/<photo name>-<photo hash>.png``."""
+
+    def __init__(self, photos_dir: Path, colorizers: Mapping[str, Colorizer], cache_dir: Path):
+        self.photos = {p.name: p for p in sorted(Path(photos_dir).iterdir())
+                       if p.suffix.lower() in IMAGE_EXTENSIONS} if Path(photos_dir).is_dir() else {}
+        self.colorizers = dict(colorizers)
+        self.weights = {name: weights_identity(c) for name, c in self.colorizers.items()}
+        self.cache_dir = Path(cache_dir)
+        self._locks: dict[Path, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+
+    def photo(self, name: str) -> Image.Image:
+        with Image.open(self.photos[name]) as image:
+            return (ImageOps.exif_transpose(image) or image).convert("RGB")
+
+    def _cache_path(self, model: str, name: str) -> Path:
+        photo_hash = hashlib.sha256(self.photos[name].read_bytes()).hexdigest()[:16]
+        return self.cache_dir / model / self.weights[model] / f"{Path(name).stem}-{photo_hash}.png"
+
+    def recolouring(self, model: str, name: str) -> Image.Image:
+        path = self._cache_path(model, name)
+        with self._locks_lock:
+            lock = self._locks.setdefault(path, threading.Lock())
+        with lock:  # each recolouring is computed once; others are not held up meanwhile
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                image = self.colorizers[model].colorize(grey_version(self.photo(name)))
+                # A name of its own: another process (or a second app in this one) may write the same key.
+                staging = path.with_name(f"{path.stem}.{secrets.token_hex(8)}.tmp")
+                image.save(staging, "PNG")
+                os.replace(staging, path)
+        with Image.open(path) as image:
+            return image.convert("RGB")
+
+    def warm(self, models: Iterable[str], stop: threading.Event) -> None:
+        """Compute every missing recolouring of ``models`` ahead of the participants, until ``stop`` is set."""
+        for model in models:
+            for name in self.photos:
+                if stop.is_set():
+                    return
+                self.recolouring(model, name)
