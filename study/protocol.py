@@ -12,11 +12,13 @@ from __future__ import annotations
 import atexit
 import os
 import random
+import secrets
 import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -44,15 +46,18 @@ class StudySettings:
     practice_pairs: int = 2
     batches: int = 4
     pairs_per_batch: int = 5
-    seed: int = 0
+    seed: int | str | None = None  # None: a secret generated on first start, kept in <data_dir>/plan-seed.secret
     jpeg_quality: int = 90
     bootstrap_samples: int = 2000
     admin_password: str | None = field(default=None, repr=False)
+    fast_ms: int = 300  # participants whose median time per scored pair is below this are flagged as too fast
+    starts_per_hour: int = 20  # new participants one client (IP address) may start per hour
 
     ENV_VARS = {
         "photos_dir": "STUDY_PHOTOS", "data_dir": "STUDY_DATA_DIR", "db_path": "STUDY_DB",
         "models": "STUDY_MODELS", "practice_pairs": "STUDY_PRACTICE_PAIRS", "batches": "STUDY_BATCHES",
         "pairs_per_batch": "STUDY_PAIRS_PER_BATCH", "seed": "STUDY_SEED", "admin_password": "STUDY_ADMIN_PASSWORD",
+        "fast_ms": "STUDY_FAST_MS", "starts_per_hour": "STUDY_STARTS_PER_HOUR",
     }
 
     def __post_init__(self):
@@ -61,6 +66,8 @@ class StudySettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.practice_pairs < 0:
             raise ValueError(f"practice_pairs must be 0 or more, got {self.practice_pairs}")
+        if self.fast_ms < 0 or self.starts_per_hour < 1:
+            raise ValueError("fast_ms must be 0 or more and starts_per_hour at least 1")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> StudySettings:
@@ -99,18 +106,67 @@ class StudySetupError(RuntimeError):
     """The study cannot run as configured; the message says why and what to change."""
 
 
+SEED_FILE = "plan-seed.secret"
+
+
+def plan_seed(settings: StudySettings) -> str:
+    """The seed of the assignment: the organiser's ``STUDY_SEED`` (a reproducible pilot), or else a secret made
+    on the study's first start and kept in its data folder, so the public code cannot replay the plan (with a
+    known seed, re-running ``assign_trials`` gives away every participant's answer key)."""
+    if settings.seed is not None:
+        return str(settings.seed)
+    path = Path(settings.data_dir) / SEED_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # created once, atomically: two apps starting on one folder agree on it
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32))
+    for _ in range(50):  # another process may be between creating and writing it
+        seed = path.read_text().strip()
+        if seed:
+            return seed
+        time.sleep(0.01)
+    raise StudySetupError(f"the study's seed file {SEED_FILE} in STUDY_DATA_DIR is empty; delete it and restart")
+
+
+class StartLimiter:
+    """At most ``per_hour`` new participants per client in any hour (a sliding window), so a script cannot
+    enrol participants by the hundred."""
+
+    def __init__(self, per_hour: int, window_s: float = 3600.0):
+        self.per_hour, self.window_s = per_hour, window_s
+        self._starts: dict[str, deque] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, client: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            starts = self._starts.setdefault(client, deque())
+            while starts and starts[0] <= now - self.window_s:
+                starts.popleft()
+            if len(starts) >= self.per_hour:
+                return False
+            starts.append(now)
+            return True
+
+
 # -------------------------------------------------------------------------------------------------- assignment
 
 
 def practice_photos(photos: Sequence[str], settings: StudySettings) -> list[str]:
     """The photos reserved for the practice round (the same for everyone, never in a scored pair)."""
+    _check_seed(settings)
     return random.Random(f"practice/{settings.seed}").sample(sorted(photos), settings.practice_pairs)
 
 
 def assign_trials(photos: Sequence[str], models: Sequence[str], settings: StudySettings,
                   participant_number: int) -> list[TrialSpec]:
     """The pairs of the participant who arrived ``participant_number``-th (0-based): practice first, then
-    ``batches`` x ``pairs_per_batch`` scored pairs. Pure and seeded by ``settings.seed`` and the number.
+    ``batches`` x ``pairs_per_batch`` scored pairs. Pure and seeded by ``settings.seed`` (``plan_seed``) and the
+    number.
 
     No photo appears twice, and practice photos are never scored. Each participant sees every model
     ``scored_pairs // len(models)`` or one more times; which models get the extra pairs rotates with the
@@ -122,6 +178,7 @@ def assign_trials(photos: Sequence[str], models: Sequence[str], settings: StudyS
         raise StudySetupError(photo_shortage(len(photos), settings))
     if not models:
         raise StudySetupError("no model to study")
+    _check_seed(settings)
     rng = random.Random(f"participant/{settings.seed}/{participant_number}")
     practice = practice_photos(photos, settings)
     scored_pool = sorted(set(photos) - set(practice))
@@ -138,6 +195,11 @@ def assign_trials(photos: Sequence[str], models: Sequence[str], settings: StudyS
     for i, (photo, model, side) in enumerate(zip(rng.sample(scored_pool, settings.scored_pairs), sequence, sides)):
         trials.append(TrialSpec("scored", i // settings.pairs_per_batch + 1, photo, model, side))
     return trials
+
+
+def _check_seed(settings: StudySettings) -> None:
+    if settings.seed is None:
+        raise ValueError("no seed: plan with the settings' resolved seed (replace(settings, seed=plan_seed(...)))")
 
 
 def servable(trial: Trial, photos: Iterable[str], weights: Mapping[str, str]) -> bool:
@@ -200,8 +262,7 @@ class Screen:
     kind: str
     participant_id: str | None = None
     trial_id: str | None = None
-    left: Path | None = None
-    right: Path | None = None
+    pair: Path | None = None  # one image: the left side, a gap, the right side (``stimuli.compose_pair``)
     progress: str = ""
     message: str = ""
 
@@ -213,6 +274,7 @@ class Study:
     (no model, unknown or unavailable models asked for, too few photos)."""
 
     def __init__(self, settings: StudySettings, available: Mapping[str, Colorizer], serve_dir: Path | None = None):
+        settings = replace(settings, seed=plan_seed(settings))
         self.settings = settings
         self.models = study_models(settings, available)
         self.stimuli = Stimuli(settings.photos_dir, {m: available[m] for m in self.models},
@@ -222,8 +284,9 @@ class Study:
         self.store = StudyStore(settings.database)
         self.serve_dir = Path(serve_dir or tempfile.mkdtemp(prefix="study-"))
         self.serve_dir.mkdir(parents=True, exist_ok=True)
-        self._served: dict[str, tuple[Path, Path]] = {}
+        self._served: dict[str, Path] = {}
         self._served_lock = threading.Lock()
+        self.starts = StartLimiter(settings.starts_per_hour)
 
     def warm_cache_in_background(self) -> threading.Thread:
         """Compute the missing recolourings in a background thread at low priority, which stops when the
@@ -239,10 +302,15 @@ class Study:
         atexit.register(lambda: (stop.set(), thread.join()))  # never kill it inside torch at exit
         return thread
 
-    def start(self, participant_id: str | None) -> Screen:
-        """Continue the participant's study where they left off, or enrol a new participant."""
+    def start(self, participant_id: str | None, client: str = "local") -> Screen:
+        """Continue the participant's study where they left off, or enrol a new participant (at most
+        ``starts_per_hour`` per ``client`` an hour)."""
         trials = self.store.trials(participant_id) if participant_id else []
         if not trials:
+            if not self.starts.allow(client):
+                return Screen("intro", message=(
+                    "Too many new participants have started from your network in the last hour. Please try again "
+                    "later; if you already started, continue in the browser you started in."))
             participant_id = self.store.create_participant(
                 lambda number: assign_trials(list(self.stimuli.photos), self.models, self.settings, number),
                 self.stimuli.weights.__getitem__,
@@ -260,10 +328,20 @@ class Study:
         trial = trials.get(trial_id)
         if trial is None:
             return Screen("intro", message="This page has expired. Press the button to continue the study.")
-        try:
-            decision = self.store.record_answer(participant_id, trial.id, choice, confident, time.time())
-        except AnswerRejected:
-            return self._next(participant_id, "That pair had already been answered; here is your current pair.")
+        if not trial.answered:
+            try:
+                decision = self.store.record_answer(participant_id, trial.id, choice, confident, time.time())
+            except AnswerRejected:  # not the current pair (an old page), or answered a moment ago
+                decision = None
+        else:
+            decision = None
+        if decision is None:
+            stored = self.store.decision(trial.id)
+            if stored is None:  # an unanswered pair that is not the current one
+                return self._next(participant_id, "That pair is not your current one; here is your current pair.")
+            # Answered already: typically the answer was stored just before a crash and its reply never arrived,
+            # so the page sends it again. The stored answer stands; the participant goes on as if it had arrived.
+            decision = stored
         if trial.phase == "practice":
             real = "left" if trial.recoloured_side == "right" else "right"
             verdict = "Right!" if decision.correct else "Not this time."
@@ -292,27 +370,27 @@ class Study:
         if current is None:
             self._forget_served(participant_id)
             return Screen("done", participant_id, message=message)
-        left, right = self._serve(current)
+        pair = self._serve(current)
         self.store.mark_shown(current.id, time.time(), self.stimuli.weights[current.model])
-        return Screen("trial", participant_id, current.id, left, right, _progress(trials, current), message)
+        return Screen("trial", participant_id, current.id, pair, _progress(trials, current), message)
 
-    def _serve(self, trial: Trial) -> tuple[Path, Path]:
-        """Write the trial's pair for the browser (random names, identical encoding and byte size) and delete the
-        participant's previous pair."""
+    def _serve(self, trial: Trial) -> Path:
+        """Write the trial's pair for the browser (one composed image under a random name, ``save_blind_pair``)
+        and delete the participant's previous pair."""
         real = self.stimuli.photo(trial.photo)
         fake = self.stimuli.recolouring(trial.model, trial.photo)
-        pair = (fake, real) if trial.recoloured_side == "left" else (real, fake)
-        paths = save_blind_pair(pair, self.serve_dir, self.settings.jpeg_quality)
-        self._forget_served(trial.participant_id, keep=paths)
-        return paths
+        left, right = (fake, real) if trial.recoloured_side == "left" else (real, fake)
+        path = save_blind_pair(left, right, self.serve_dir, self.settings.jpeg_quality)
+        self._forget_served(trial.participant_id, keep=path)
+        return path
 
-    def _forget_served(self, participant_id: str, keep: tuple[Path, Path] | None = None) -> None:
+    def _forget_served(self, participant_id: str, keep: Path | None = None) -> None:
         with self._served_lock:
-            old = self._served.pop(participant_id, ())
+            old = self._served.pop(participant_id, None)
             if keep:
                 self._served[participant_id] = keep
-        for path in old:
-            path.unlink(missing_ok=True)
+        if old is not None:
+            old.unlink(missing_ok=True)
 
 
 def _progress(trials: Sequence[Trial], current: Trial) -> str:

@@ -53,11 +53,28 @@ def bootstrap_ratio_ci(numerators: np.ndarray, denominators: np.ndarray, rng: np
     return float(low), float(high)
 
 
-def summarize(answers: Iterable, samples: int = 2000, seed: int = 0, level: float = 0.95) -> list[ModelSummary]:
+def fast_participants(answers: Iterable, fast_ms: float) -> dict[str, float]:
+    """Participants whose answers are implausibly fast: their median time per pair (from the pair being sent to
+    the answer arriving, ``response_ms``) is under ``fast_ms``. Returns participant -> that median, in ms.
+    A person needs well over a second to look at two photos; a script answers in milliseconds."""
+    times: dict[str, list[float]] = {}
+    for a in answers:
+        if a.response_ms is not None:
+            times.setdefault(a.participant_id, []).append(a.response_ms)
+    medians = {pid: float(np.median(ms)) for pid, ms in times.items()}
+    return {pid: median for pid, median in medians.items() if median < fast_ms}
+
+
+def summarize(answers: Iterable, samples: int = 2000, seed: int = 0, level: float = 0.95,
+              exclude: Iterable[str] = ()) -> list[ModelSummary]:
     """Per model: fooling score and fool rate, each with a bootstrap interval over participants. ``answers``:
-    objects with ``participant_id``, ``model`` and ``case_number`` (e.g. ``StudyStore.answers()``)."""
+    objects with ``participant_id``, ``model`` and ``case_number`` (e.g. ``StudyStore.answers()``); the
+    participants in ``exclude`` (e.g. ``fast_participants``) are left out."""
+    excluded = set(exclude)
     per_model: dict[str, dict[str, list[int]]] = {}
     for a in answers:
+        if a.participant_id in excluded:
+            continue
         per_model.setdefault(a.model, {}).setdefault(a.participant_id, []).append(a.case_number)
     rng = np.random.default_rng(seed)
     summaries = []
@@ -76,9 +93,12 @@ def summarize(answers: Iterable, samples: int = 2000, seed: int = 0, level: floa
     return summaries
 
 
-def case_table(answers: Iterable) -> dict[str, dict[int, list[int]]]:
-    """Table III per model: model -> batch -> [case1, case2, case3, case4] counts."""
+def case_table(answers: Iterable, exclude: Iterable[str] = ()) -> dict[str, dict[int, list[int]]]:
+    """Table III per model: model -> batch -> [case1, case2, case3, case4] counts (without ``exclude``)."""
+    excluded = set(exclude)
     table: dict[str, dict[int, list[int]]] = {}
     for a in answers:
+        if a.participant_id in excluded:
+            continue
         table.setdefault(a.model, {}).setdefault(a.batch, [0, 0, 0, 0])[a.case_number - 1] += 1
     return {model: dict(sorted(batches.items())) for model, batches in table.items()}

@@ -9,8 +9,9 @@ import secrets
 import sys
 import threading
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 
@@ -32,26 +33,51 @@ def grey_version(photo: Image.Image) -> Image.Image:
     return tensor_to_image(gray_to_rgb_from_l(rgb_to_l(image_to_tensor(photo))))
 
 
+#: Pixels between the two sides of a composed pair (a neutral grey gap), and the most cropped off each edge.
+PAIR_GAP = 16
+MAX_CROP = 7
+
+
 def blind_jpeg(image: Image.Image, quality: int) -> bytes:
-    """``image`` as a baseline JPEG with fixed settings and no metadata."""
-    pixels = Image.frombytes("RGB", image.size, image.convert("RGB").tobytes())  # drops EXIF, ICC, comments
+    """``image`` as a baseline JPEG with fixed settings and no metadata (no EXIF, ICC, comments)."""
+    pixels = Image.frombytes("RGB", image.size, image.convert("RGB").tobytes())
     out = io.BytesIO()
     pixels.save(out, "JPEG", quality=quality, subsampling="4:2:0", optimize=False, progressive=False)
     return out.getvalue()
 
 
-def save_blind_pair(pair: Sequence[Image.Image], folder: Path, quality: int) -> tuple[Path, ...]:
-    """Write the images of a pair as JPEGs under random names in ``folder``, encoded identically (``blind_jpeg``)
-    and of the same size in bytes: the shorter files are padded with zero bytes after their end-of-image marker,
-    which decoders ignore. So nothing but their pixels tells the files apart."""
-    encoded = [blind_jpeg(image, quality) for image in pair]
-    size = max(len(data) for data in encoded)
-    paths = []
-    for data in encoded:
-        path = folder / f"{secrets.token_hex(16)}.jpg"
-        path.write_bytes(data.ljust(size, b"\0"))
-        paths.append(path)
-    return tuple(paths)
+def compose_pair(left: Image.Image, right: Image.Image, rng: np.random.Generator | None = None) -> Image.Image:
+    """The two sides of a pair (the same size) as one image, ``left | gap | right``.
+
+    Each composition is unique: a random 0..``MAX_CROP`` pixels are cropped off each edge (the same on both
+    sides, so the scenes still line up) and every pixel gets an independent random -1, 0 or +1 per channel (below
+    what anyone can see). So the served file never equals a public file or a re-encoding of one, nor another
+    participant's copy of the same pair."""
+    if left.size != right.size:
+        raise ValueError(f"the sides of a pair differ in size: {left.size} and {right.size}")
+    rng = rng or np.random.default_rng(secrets.randbits(128))
+    width, height = left.size
+    margins = [int(rng.integers(0, MAX_CROP + 1)) if extent > 8 * MAX_CROP else 0
+               for extent in (width, height, width, height)]
+    box = (margins[0], margins[1], width - margins[2], height - margins[3])
+    sides = [np.asarray(side.convert("RGB").crop(box), dtype=np.int16) for side in (left, right)]
+    h, w = sides[0].shape[:2]
+    canvas = np.full((h, 2 * w + PAIR_GAP, 3), 128, dtype=np.int16)
+    canvas[:, :w], canvas[:, w + PAIR_GAP:] = sides
+    canvas += rng.integers(-1, 2, size=canvas.shape, dtype=np.int16)
+    return Image.fromarray(canvas.clip(0, 255).astype(np.uint8), "RGB")
+
+
+def save_blind_pair(left: Image.Image, right: Image.Image, folder: Path, quality: int,
+                    rng: np.random.Generator | None = None) -> Path:
+    """The pair as ONE baseline JPEG (``compose_pair``, ``blind_jpeg``) under a random name in ``folder``.
+
+    Blind by construction: both sides are in the same file, so they share its name, length, headers, tables and
+    end; the only thing that differs between them is the pixels. (Two files would each have their own length,
+    and padding the shorter one leaks which it was.)"""
+    path = folder / f"{secrets.token_hex(16)}.jpg"
+    path.write_bytes(blind_jpeg(compose_pair(left, right, rng), quality))
+    return path
 
 
 def lower_thread_priority(niceness: int = 10) -> None:

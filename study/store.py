@@ -176,6 +176,11 @@ class StudyStore:
             _insert_trials(con, participant_id, enumerate(plan(number)), weights)
         return participant_id
 
+    def trials_count(self) -> int:
+        """How many trials are planned, over all participants."""
+        with closing(self._connect()) as con:
+            return con.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+
     def trials(self, participant_id: str) -> list[Trial]:
         """The participant's trials in order (empty for an unknown participant)."""
         with closing(self._connect()) as con:
@@ -232,6 +237,12 @@ class StudyStore:
                 raise AnswerRejected(f"trial {trial_id} has already been answered") from err
         return decision
 
+    def decision(self, trial_id: str) -> Decision | None:
+        """The stored answer to ``trial_id`` (right or not, its case), or None if it has none."""
+        with closing(self._connect()) as con:
+            row = con.execute("SELECT correct, case_number FROM answers WHERE trial_id = ?", (trial_id,)).fetchone()
+        return None if row is None else Decision(bool(row["correct"]), row["case_number"])
+
     def answers(self, phase: str | None = "scored") -> list[AnswerRow]:
         """Every given answer (of one phase, or of all with ``phase=None``), in the order they were given."""
         where, args = ("WHERE t.phase = ?", (phase,)) if phase else ("", ())
@@ -247,14 +258,16 @@ class StudyStore:
         return [AnswerRow(**{**dict(r), "confident": bool(r["confident"]), "correct": bool(r["correct"])})
                 for r in rows]
 
-    def write_csv(self, out: TextIO) -> int:
-        """Every raw answer, practice included, as CSV with ISO 8601 UTC timestamps; returns the row count."""
+    def write_csv(self, out: TextIO, flagged: Mapping[str, object] = {}) -> int:
+        """Every raw answer, practice included, as CSV with ISO 8601 UTC timestamps, and a ``flagged_fast`` column
+        (1 for the participants in ``flagged``, e.g. ``scoring.fast_participants``); returns the row count."""
         rows = self.answers(phase=None)
         fields = list(AnswerRow.__dataclass_fields__)
-        writer = csv.DictWriter(out, fieldnames=fields)
+        writer = csv.DictWriter(out, fieldnames=[*fields, "flagged_fast"])
         writer.writeheader()
         for row in rows:
             record = {name: getattr(row, name) for name in fields}
+            record["flagged_fast"] = int(row.participant_id in flagged)
             record["shown_at"] = _iso(row.shown_at)
             record["answered_at"] = _iso(row.answered_at)
             writer.writerow(record)

@@ -2,16 +2,21 @@
 
 ``app.py`` calls ``build_study_tabs(available)`` inside its ``gr.Blocks``. The protocol, scoring and storage
 are in ``study.protocol``, ``study.scoring`` and ``study.store``; this module only lays out the screens and wires the
-events. Every study event is private (not an API endpoint). The browser only ever receives the two images of
-the current pair, under random names, and the random id of its trial; which one is real stays on the server until
-it has been answered.
+events. Every study event is private (not an API endpoint), and works only from a page session: loading the page
+issues a token (an HMAC of the session, with a key kept in the study's data folder) that every study event must
+carry. A client may start only so many participants an hour. The browser only ever receives the current pair, as
+one composed image under a random name, and the random id of its trial; which side is real stays on the server
+until it has been answered.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
+import os
+import re
 import secrets
-import tempfile
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,6 +25,7 @@ from typing import Callable, Mapping
 
 import gradio as gr
 import pandas as pd
+from gradio.context import Context
 from gradio.utils import get_upload_folder
 from matplotlib.figure import Figure
 
@@ -27,7 +33,7 @@ from colorizers import MODEL_NAMES, MODEL_TITLES
 from colorizers.pipeline import Colorizer
 
 from .protocol import Screen, Study, StudySettings, StudySetupError
-from .scoring import case_table, fooling_score, summarize
+from .scoring import case_table, fast_participants, fooling_score, summarize
 from .store import StudyStore
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,12 @@ ANSWERS = {
 }
 BROWSER_STORAGE_KEY = "colorizers-realism-study"
 WRONG_PASSWORD_DELAY_S = 1.0  # slows down guessing
+SESSION_MAX_AGE_S = 7 * 24 * 3600  # a page's study session token is valid this long (across app restarts)
+NO_SESSION = ("This page has no valid study session (it may be very old, or the request did not come from the "
+              "study page). Please reload the page to take part.")
+UNKNOWN_ANSWER = "That is not one of the four answers. Please click one of the four buttons under the pair."
+SERVE_PREFIX = "study-"
+BOOTSTRAP_SEED = 0  # the intervals are reproducible; nothing about the plan depends on it
 
 
 @dataclass
@@ -58,7 +70,11 @@ def build_study_tabs(available: Mapping[str, Colorizer], settings: StudySettings
     settings = settings or StudySettings.from_env()
     cache = Path(get_upload_folder())
     cache.mkdir(parents=True, exist_ok=True)
-    serve_dir = Path(tempfile.mkdtemp(prefix="study-", dir=cache))  # inside Gradio's cache: served as named
+    remove_stale_serve_dirs(cache)
+    # Inside Gradio's cache, so the files are served as named; the owner's process id in the name lets a later
+    # start-up tell a dead process's leftovers from a running app's.
+    serve_dir = cache / f"{SERVE_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+    serve_dir.mkdir()
     try:
         study, problem = Study(settings, available, serve_dir), None
     except StudySetupError as err:
@@ -94,13 +110,82 @@ Go with your impression; there is no time limit. We store only a random particip
 each took. If you leave, you can come back in this browser and continue where you stopped."""
 
 
-def _browser_secret(data_dir: Path) -> str:
-    """The key of the participant id kept in the browser, stable across restarts so participants can resume."""
-    path = Path(data_dir) / "browser-state.key"
+def remove_stale_serve_dirs(cache: Path) -> list[Path]:
+    """Delete the pair and CSV folders that earlier runs of the app left in Gradio's cache: those of processes
+    that no longer run (and of versions that did not name their process). Returns what was removed."""
+    removed = []
+    for folder in Path(cache).glob(f"{SERVE_PREFIX}*"):
+        match = re.fullmatch(rf"{SERVE_PREFIX}(\d+)-[0-9a-f]+", folder.name)
+        if match and _process_alive(int(match.group(1))):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _secret(data_dir: Path, name: str) -> str:
+    """A random key kept in the study's data folder (created on first use), stable across restarts."""
+    path = Path(data_dir) / name
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(secrets.token_hex(16))
     return path.read_text().strip()
+
+
+def _browser_secret(data_dir: Path) -> str:
+    """The key of the participant id kept in the browser, stable across restarts so participants can resume."""
+    return _secret(data_dir, "browser-state.key")
+
+
+class SessionTokens:
+    """Tokens that tie study events to a page session: ``issue`` when the page loads, ``valid`` on every event.
+    A token is the issue time and an HMAC of (Gradio session hash, issue time) with a key from the data folder,
+    so it survives an app restart (the page keeps its session hash) and cannot be made without loading the page."""
+
+    def __init__(self, key: str, max_age_s: float = SESSION_MAX_AGE_S):
+        self.key, self.max_age_s = key.encode(), max_age_s
+
+    def _mac(self, session_hash: str, issued: int) -> str:
+        return hmac.new(self.key, f"{session_hash}/{issued}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    def issue(self, session_hash: str, now: float | None = None) -> str:
+        issued = int(time.time() if now is None else now)
+        return f"{issued}.{self._mac(session_hash, issued)}"
+
+    def valid(self, token, session_hash, now: float | None = None) -> bool:
+        if not isinstance(token, str) or not isinstance(session_hash, str) or not session_hash:
+            return False
+        issued, _, mac = token.partition(".")
+        if not issued.isdigit():
+            return False
+        age = (time.time() if now is None else now) - int(issued)
+        return -60 <= age <= self.max_age_s and hmac.compare_digest(mac, self._mac(session_hash, int(issued)))
+
+
+def client_key(request: gr.Request | None) -> str:
+    """Who is asking, for per-client limits: the first address of X-Forwarded-For (the visitor, behind a Space's
+    proxy), else the connection's address."""
+    headers = getattr(request, "headers", None) or {}
+    try:
+        forwarded = headers.get("x-forwarded-for") or ""
+    except AttributeError:
+        forwarded = ""
+    if forwarded.strip():
+        return forwarded.split(",")[0].strip()
+    client = getattr(request, "client", None)
+    return str(getattr(client, "host", None) or "unknown")
 
 
 def _participant_tab(study: Study) -> dict[str, Callable]:
@@ -110,18 +195,18 @@ def _participant_tab(study: Study) -> dict[str, Callable]:
     # It is a random token that says nothing about the pair; the store accepts an answer only for the
     # participant's current trial.
     trial = gr.Textbox(None, visible=False, elem_id="study-trial")
+    # The page's study session token, issued when the page loads (see ``SessionTokens``).
+    session = gr.Textbox(None, visible=False, elem_id="study-session")
+    tokens = SessionTokens(_secret(study.settings.data_dir, "session-token.key"))
     with gr.Column(visible=True) as intro:
         gr.Markdown(_instructions(study.settings))
         start_button = gr.Button("Start, or continue where I left off", variant="primary")
     notice = gr.Markdown(elem_id="study-notice")
     with gr.Column(visible=False) as pair:
         progress = gr.Markdown(elem_id="study-progress")
-        with gr.Row(equal_height=True):
-            # One fixed display height for both sides, whatever the photo size, so neither side stands out.
-            image_options = dict(type="filepath", interactive=False, buttons=["fullscreen"], show_label=True,
-                                 height=480)
-            left = gr.Image(label="Left", elem_id="study-left", **image_options)
-            right = gr.Image(label="Right", elem_id="study-right", **image_options)
+        # Both sides in one image (left | right): whatever reaches the browser is common to both sides but pixels.
+        pair_image = gr.Image(label="Left  |  Right", elem_id="study-pair", type="filepath", interactive=False,
+                              buttons=["fullscreen"], show_label=True, height=520)
     with gr.Column(visible=False) as asking:
         gr.Markdown("**Which image is the recoloured one?**")
         with gr.Row():
@@ -132,7 +217,7 @@ def _participant_tab(study: Study) -> dict[str, Callable]:
     with gr.Column(visible=False, elem_id="study-done") as done:
         gr.Markdown("### Thank you!\n\nYou have finished the study. Your answers are saved; you can close this page.")
 
-    outputs = [participant, trial, intro, notice, pair, progress, left, right, asking, feedback, feedback_text, done]
+    outputs = [participant, trial, intro, notice, pair, progress, pair_image, asking, feedback, feedback_text, done]
 
     def render(screen: Screen) -> tuple:
         shown = screen.kind in ("trial", "feedback")
@@ -143,30 +228,46 @@ def _participant_tab(study: Study) -> dict[str, Callable]:
             gr.update(value=screen.message if screen.kind != "feedback" else ""),
             gr.update(visible=shown),
             gr.update(value=screen.progress) if screen.kind == "trial" else gr.skip(),
-            str(screen.left) if screen.left else (gr.skip() if shown else None),
-            str(screen.right) if screen.right else (gr.skip() if shown else None),
+            str(screen.pair) if screen.pair else (gr.skip() if shown else None),
             gr.update(visible=screen.kind == "trial"),
             gr.update(visible=screen.kind == "feedback"),
             screen.message if screen.kind == "feedback" else "",
             gr.update(visible=screen.kind == "done"),
         )
 
-    def start(participant_id: str | None) -> tuple:
-        return render(study.start(participant_id))
+    def check(token, request: gr.Request | None, participant_id=None) -> None:
+        if not tokens.valid(token, getattr(request, "session_hash", None)):
+            raise gr.Error(NO_SESSION, title="Study session", print_exception=False)
+        if participant_id is not None and not isinstance(participant_id, str):
+            raise gr.Error(NO_SESSION, title="Study session", print_exception=False)
 
-    def answer(label: str, participant_id: str | None, trial_id: str | None) -> tuple:
+    def open_session(request: gr.Request | None) -> str | None:
+        session_hash = getattr(request, "session_hash", None)
+        return tokens.issue(session_hash) if session_hash else None
+
+    def start(participant_id: str | None, token: str | None, request: gr.Request | None = None) -> tuple:
+        check(token, request, participant_id)
+        return render(study.start(participant_id, client_key(request)))
+
+    def answer(label: str, participant_id: str | None, trial_id: str | None, token: str | None,
+               request: gr.Request | None = None) -> tuple:
+        check(token, request, participant_id)
+        if not isinstance(label, str) or label not in ANSWERS or (trial_id is not None and not isinstance(trial_id, str)):
+            raise gr.Error(UNKNOWN_ANSWER, title="Study", print_exception=False)
         side, confident = ANSWERS[label]
         return render(study.answer(participant_id, trial_id, side, confident))
 
-    def next_pair(participant_id: str | None) -> tuple:
+    def next_pair(participant_id: str | None, token: str | None, request: gr.Request | None = None) -> tuple:
+        check(token, request, participant_id)
         return render(study.resume(participant_id))
 
     private = dict(api_visibility="private", concurrency_limit=None)
-    start_button.click(start, [participant], outputs, **private)
+    Context.root_block.load(open_session, None, session, **private)
+    start_button.click(start, [participant, session], outputs, **private)
     for button in answer_buttons:
-        button.click(answer, [button, participant, trial], outputs, **private)
-    next_button.click(next_pair, [participant], outputs, **private)
-    return {"start": start, "answer": answer, "next_pair": next_pair}
+        button.click(answer, [button, participant, trial, session], outputs, **private)
+    next_button.click(next_pair, [participant, session], outputs, **private)
+    return {"open_session": open_session, "start": start, "answer": answer, "next_pair": next_pair}
 
 
 # -------------------------------------------------------------------------------------------------- organiser
@@ -179,37 +280,49 @@ def _results_tab(settings: StudySettings, serve_dir: Path) -> dict[str, Callable
                     "the app; the results are then shown here to whoever enters it.")
         return {}
     password = gr.Textbox(label="Organiser password", type="password")
+    exclude_fast = gr.Checkbox(True, label=f"Leave out participants flagged as too fast (median under "
+                                             f"{settings.fast_ms} ms per pair)", elem_id="study-exclude-fast")
     show_button = gr.Button("Show results", variant="primary")
-    message = gr.Markdown()
+    message = gr.Markdown(elem_id="study-results-note")
     with gr.Column(visible=False) as results:
         summary = gr.Dataframe(label="Fooling score per model", interactive=False)
+        flagged_frame = gr.Dataframe(label="Participants flagged as too fast", interactive=False)
         chart = gr.Plot(label="Fooling score with 95% interval", elem_id="study-chart")
         cases = gr.Dataframe(label="Cases per batch (Table III)", interactive=False)
         raw = gr.File(label="Every raw answer (CSV)")
 
-    def show_results(entered: str | None) -> tuple:
-        if not hmac.compare_digest((entered or "").encode(), settings.admin_password.encode()):
+    def show_results(entered: str | None, exclude: bool = True) -> tuple:
+        if not isinstance(entered, str) or not hmac.compare_digest(entered.encode(), settings.admin_password.encode()):
             time.sleep(WRONG_PASSWORD_DELAY_S)
-            return "Wrong password.", gr.update(visible=False), None, None, None, None
+            return "Wrong password.", gr.update(visible=False), None, None, None, None, None
         store = StudyStore(settings.database)
         answers = store.answers()
-        summaries = sorted(summarize(answers, settings.bootstrap_samples, settings.seed),
+        flagged = fast_participants(answers, settings.fast_ms)
+        left_out = set(flagged) if exclude is True else set()
+        summaries = sorted(summarize(answers, settings.bootstrap_samples, BOOTSTRAP_SEED, exclude=left_out),
                            key=lambda s: _display_rank(s.model))
         csv_path = serve_dir / secrets.token_hex(16) / f"study-answers-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.csv"
         csv_path.parent.mkdir()
         with open(csv_path, "w", newline="") as out:
-            rows = store.write_csv(out)
-        note = (f"{len(answers)} scored decisions, {rows} answers in all (practice included) in "
-                f"`{settings.database}`. Fooling score: mean of the case scores 0 / 0.25 / 0.75 / 1; 0.5 means "
-                f"participants could not tell recolouring from photo. Intervals: 95% bootstrap over participants "
-                f"({settings.bootstrap_samples} resamples).")
+            rows = store.write_csv(out, flagged)
+        counted = sum(a.participant_id not in left_out for a in answers)
+        note = (f"{len(answers)} scored decisions, {rows} answers in all (practice included). "
+                f"{len(flagged)} participant(s) flagged as too fast (median under {settings.fast_ms} ms per pair); "
+                + (f"they are left out, so the scores count {counted} decisions. " if left_out else
+                   "they are counted in the scores. ")
+                + "Fooling score: mean of the case scores 0 / 0.25 / 0.75 / 1; 0.5 means participants could not "
+                f"tell recolouring from photo. Intervals: 95% bootstrap over participants "
+                f"({settings.bootstrap_samples} resamples). The CSV has every raw answer, with the flag.")
         if not answers:
-            note = f"No scored answers yet in `{settings.database}`."
-        return (note, gr.update(visible=bool(answers)), _summary_frame(summaries), _chart(summaries),
-                _case_frame(answers), str(csv_path))
+            note = "No scored answers yet."
+        flagged_rows = pd.DataFrame([{"Participant": pid, "Median ms per pair": round(ms)}
+                                     for pid, ms in sorted(flagged.items(), key=lambda item: item[1])],
+                                    columns=["Participant", "Median ms per pair"])
+        return (note, gr.update(visible=bool(answers)), _summary_frame(summaries), flagged_rows, _chart(summaries),
+                _case_frame(answers, left_out), str(csv_path))
 
-    show_button.click(show_results, [password], [message, results, summary, chart, cases, raw],
-                      api_visibility="private")
+    show_button.click(show_results, [password, exclude_fast],
+                      [message, results, summary, flagged_frame, chart, cases, raw], api_visibility="private")
     return {"show_results": show_results}
 
 
@@ -233,9 +346,9 @@ def _summary_frame(summaries) -> pd.DataFrame:
     } for s in summaries])
 
 
-def _case_frame(answers) -> pd.DataFrame:
+def _case_frame(answers, exclude=()) -> pd.DataFrame:
     rows = []
-    for model, batches in sorted(case_table(answers).items(), key=lambda item: _display_rank(item[0])):
+    for model, batches in sorted(case_table(answers, exclude).items(), key=lambda item: _display_rank(item[0])):
         for batch, counts in batches.items():
             rows.append({"Model": _title(model), "Batch": batch, **{f"Case {i}": n for i, n in enumerate(counts, 1)},
                          "Decisions": sum(counts), "Fooling score": round(fooling_score([counts]), 4)})

@@ -82,7 +82,6 @@ def test_the_realism_study_starts_with_the_bundled_photos(app_url, page):
     start = page.get_by_role("button", name="Start, or continue where I left off")
     start.wait_for(timeout=60_000)
     start.click()  # the first pair's recolouring is computed by the trained models
-    page.locator("#study-left img").first.wait_for(timeout=180_000)
-    page.locator("#study-right img").first.wait_for(timeout=30_000)
+    page.locator("#study-pair img").first.wait_for(timeout=180_000)  # both sides in one image
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "shipped-study.png"), full_page=True)

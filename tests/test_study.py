@@ -19,9 +19,11 @@ import torch
 from PIL import Image
 
 import colorizers
-from study.protocol import Study, StudySettings, StudySetupError, assign_trials, practice_photos, replan_trials
-from study.scoring import CASE_SCORES, case_table, decision_case, fooling_score, summarize
-from study.stimuli import Stimuli, blind_jpeg, save_blind_pair
+from study.protocol import (
+    SEED_FILE, StartLimiter, Study, StudySettings, StudySetupError, assign_trials, practice_photos, replan_trials,
+)
+from study.scoring import CASE_SCORES, case_table, decision_case, fast_participants, fooling_score, summarize
+from study.stimuli import PAIR_GAP, Stimuli, compose_pair, save_blind_pair
 from study.store import AnswerRejected, Decision, StudyStore, Trial, TrialSpec
 from tests.study_helpers import SERVED_NAME, answer_all, load_models, small_settings
 
@@ -118,7 +120,7 @@ PHOTOS = [f"photo{i:02d}.jpg" for i in range(22)]
 
 @pytest.mark.parametrize("models", [colorizers.MODEL_NAMES, ("cnn", "paracolorizer", "attention_ugan", "cnn_classifier")])
 def test_assignment_is_balanced_and_never_repeats_a_photo(models):
-    settings = StudySettings()  # the paper's design: 4 batches of 5, plus practice
+    settings = StudySettings(seed=0)  # the paper's design: 4 batches of 5, plus practice
     practice = set(practice_photos(PHOTOS, settings))
     assert len(practice) == settings.practice_pairs
     totals = Counter()
@@ -139,7 +141,7 @@ def test_assignment_is_balanced_and_never_repeats_a_photo(models):
 
 
 def test_assignment_is_seeded_and_pure():
-    settings = StudySettings()
+    settings = StudySettings(seed=0)
     assert assign_trials(PHOTOS, ["cnn", "paracolorizer"], settings, 3) == \
         assign_trials(PHOTOS, ["cnn", "paracolorizer"], settings, 3)
     assert assign_trials(PHOTOS, ["cnn", "paracolorizer"], settings, 3) != \
@@ -150,7 +152,7 @@ def test_assignment_is_seeded_and_pure():
 
 def test_too_few_photos_for_the_design_is_explained():
     with pytest.raises(StudySetupError) as err:
-        assign_trials(PHOTOS[:21], ["cnn"], StudySettings(), 0)
+        assign_trials(PHOTOS[:21], ["cnn"], StudySettings(seed=0), 0)
     message = str(err.value)
     assert "needs 22 different photos" in message and "has only 21" in message
     assert "STUDY_PHOTOS" in message and "STUDY_BATCHES" in message
@@ -159,13 +161,15 @@ def test_too_few_photos_for_the_design_is_explained():
 def test_settings_from_environment():
     env = {"STUDY_PHOTOS": "/p", "STUDY_DB": "/d/s.db", "STUDY_MODELS": "cnn, paracolorizer", "STUDY_BATCHES": "3",
            "STUDY_PAIRS_PER_BATCH": "6", "STUDY_PRACTICE_PAIRS": "0", "STUDY_SEED": "9",
-           "STUDY_ADMIN_PASSWORD": "s3cret"}
+           "STUDY_ADMIN_PASSWORD": "s3cret", "STUDY_FAST_MS": "250", "STUDY_STARTS_PER_HOUR": "5"}
     s = StudySettings.from_env(env)
+    assert (s.fast_ms, s.starts_per_hour) == (250, 5)
     assert (s.photos_dir, s.database, s.models) == (Path("/p"), Path("/d/s.db"), ("cnn", "paracolorizer"))
     assert (s.batches, s.pairs_per_batch, s.practice_pairs, s.seed, s.admin_password) == (3, 6, 0, 9, "s3cret")
     assert "s3cret" not in repr(s)
     defaults = StudySettings.from_env({})
-    assert (defaults.batches, defaults.pairs_per_batch, defaults.models) == (4, 5, None)
+    assert (defaults.batches, defaults.pairs_per_batch, defaults.models, defaults.seed) == (4, 5, None, None)
+    assert (defaults.fast_ms, defaults.starts_per_hour) == (300, 20)
     assert defaults.database.name == "study.sqlite3"
     with pytest.raises(ValueError, match="STUDY_BATCHES"):
         StudySettings.from_env({"STUDY_BATCHES": "four"})
@@ -325,47 +329,88 @@ def test_stale_pages_cannot_answer_again(tmp_path, available):
     study = Study(small_settings(tmp_path, models=("cnn",)), available, tmp_path / "serve")
     first = study.start(None)
     pid = first.participant_id
-    study.answer(pid, first.trial_id, "left", True)
-    replay = study.answer(pid, first.trial_id, "right", True)  # e.g. a second tab on the same pair
-    assert replay.kind == "trial" and "already been answered" in replay.message
-    assert replay.trial_id != first.trial_id
+    feedback = study.answer(pid, first.trial_id, "left", True)
+    replay = study.answer(pid, first.trial_id, "right", True)  # resent after a crash, or a second tab
+    assert replay == feedback  # the stored answer (left) stands, and its feedback is shown again
+    screen = study.resume(pid)
+    resent = study.answer(pid, screen.trial_id, "left", False)
+    again = study.answer(pid, screen.trial_id, "right", True)  # the same pair answered again: the next pair, quietly
+    assert again.kind == resent.kind == "trial" and again.trial_id == resent.trial_id and not again.message
+    later = [t for t in study.store.trials(pid) if not t.answered][1]
+    out_of_order = study.answer(pid, later.id, "left", True)
+    assert out_of_order.kind == "trial" and "not your current one" in out_of_order.message
     assert study.answer(pid, "forged-trial-id", "left", True).kind == "intro"
-    assert study.answer("unknown-participant", replay.trial_id, "left", True).kind == "intro"
-    assert len(study.store.answers(phase=None)) == 1
+    assert study.answer("unknown-participant", screen.trial_id, "left", True).kind == "intro"
+    assert [(r.choice, r.confident) for r in study.store.answers(phase=None)] == [("left", True), ("left", False)]
+
+
+JPEG_MARKERS = {0xD8: "SOI", 0xE0: "APP0", 0xDB: "DQT", 0xC0: "SOF0", 0xC4: "DHT", 0xDA: "SOS", 0xD9: "EOI"}
+
+
+def jpeg_segments(data: bytes) -> list[str]:
+    """The marker segments of a baseline JPEG, in order, up to its end (which must be the file's end)."""
+    assert data[:2] == b"\xff\xd8"
+    names, i = ["SOI"], 2
+    while True:
+        assert data[i] == 0xFF, i
+        marker = data[i + 1]
+        names.append(JPEG_MARKERS.get(marker, hex(marker)))
+        if marker == 0xD9:
+            assert i + 2 == len(data), "bytes after the end-of-image marker"
+            return names
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        i += 2 + length
+        if marker == 0xDA:  # entropy-coded data up to the next marker that is not a stuffed 0xFF00 or a restart
+            while not (data[i] == 0xFF and data[i + 1] not in (0x00, *range(0xD0, 0xD8))):
+                i += 1
+
+
+def split_pair(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    pixels = np.asarray(image.convert("RGB"), dtype=float)
+    side = (pixels.shape[1] - PAIR_GAP) // 2
+    return pixels[:, :side], pixels[:, side + PAIR_GAP:]
+
+
+def best_match(side: np.ndarray, photo: np.ndarray) -> float:
+    """Mean absolute difference between a served side and the photo at the crop offset that fits best."""
+    h, w = side.shape[:2]
+    return min(np.abs(side - photo[dy:dy + h, dx:dx + w]).mean()
+               for dy in range(photo.shape[0] - h + 1) for dx in range(photo.shape[1] - w + 1))
 
 
 def test_pairs_reach_the_browser_blind(tmp_path, available):
-    """Both files of a pair: random names, same size and format, same JPEG tables, no metadata; the answer key
-    stays on the server (and is right)."""
+    """Each pair is ONE baseline JPEG under a random name, with nothing but the JFIF header, the tables and the
+    pixels (no metadata, nothing after its end), so no byte tells the sides apart; the answer key stays on the
+    server (and is right); a pair re-sent is a different file."""
     settings = small_settings(tmp_path, models=("cnn_classifier", "attention_ugan"))
     study = Study(settings, available, tmp_path / "serve")
     screen = study.start(None)
-    seen, previous = 0, ()
+    seen, previous = 0, None
     while screen.kind != "done":
         if screen.kind == "feedback":
             screen = study.resume(screen.participant_id)
             continue
-        assert not any(p.exists() for p in previous)  # an answered pair's files are gone once the next is shown
+        assert previous is None or not previous.exists()  # an answered pair's file is gone once the next is shown
         trial = next(t for t in study.store.trials(screen.participant_id) if t.id == screen.trial_id)
-        images = [Image.open(p) for p in (screen.left, screen.right)]
-        for path in (screen.left, screen.right):
-            assert SERVED_NAME.match(path.name) and path.parent == tmp_path / "serve"
-        assert images[0].format == images[1].format == "JPEG"
-        assert images[0].size == images[1].size
-        assert images[0].quantization == images[1].quantization  # same quality
-        assert images[0].info == images[1].info and not {"exif", "icc_profile", "comment"} & set(images[0].info)
-        assert images[0].getexif() == images[1].getexif() == {}
-        assert screen.left.stat().st_size == screen.right.stat().st_size  # same number of bytes
+        assert SERVED_NAME.match(screen.pair.name) and screen.pair.parent == tmp_path / "serve"
+        data = screen.pair.read_bytes()
+        assert jpeg_segments(data) == ["SOI", "APP0", "DQT", "DQT", "SOF0", "DHT", "DHT", "DHT", "DHT", "SOS", "EOI"]
+        with Image.open(screen.pair) as served:
+            assert served.format == "JPEG" and not {"exif", "icc_profile", "comment"} & set(served.info)
+            left, right = split_pair(served)
         with Image.open(settings.photos_dir / trial.photo) as photo:
             real = np.asarray(photo.convert("RGB"), dtype=float)
-        difference = [np.abs(np.asarray(im.convert("RGB"), dtype=float) - real).mean() for im in images]
-        real_side = "left" if difference[0] < difference[1] else "right"
+        assert left.shape == right.shape and real.shape[0] - 14 <= left.shape[0] <= real.shape[0]
+        real_side = "left" if best_match(left, real) < best_match(right, real) else "right"
         assert real_side != trial.recoloured_side
-        previous = (screen.left, screen.right)
+        again = study.start(screen.participant_id)  # the same pair again (a reload): other bytes, same answer key
+        assert again.trial_id == screen.trial_id and again.pair.read_bytes() != data
+        assert not screen.pair.exists()
+        previous = again.pair
         screen = study.answer(screen.participant_id, screen.trial_id, "left", False)
         seen += 1
     assert seen == settings.photos_per_participant
-    assert not any(p.exists() for p in previous) and not any((tmp_path / "serve").iterdir())
+    assert not previous.exists() and not any((tmp_path / "serve").iterdir())
 
 
 def test_recolourings_are_computed_once_and_keyed_by_weights(tmp_path, available):
@@ -398,20 +443,70 @@ def test_recolourings_are_computed_once_and_keyed_by_weights(tmp_path, available
     assert len({p.parent for p in cache.rglob("*.png")}) == 2
 
 
-def test_blind_pair_files_have_one_size_and_decode_unchanged(tmp_path):
+def test_composed_pair_is_cropped_alike_dithered_and_unique(tmp_path):
     rng = np.random.default_rng(0)
-    noisy = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))  # compresses badly
-    flat = Image.new("RGB", (64, 48), (200, 120, 40))  # compresses well
-    paths = save_blind_pair([flat, noisy], tmp_path, quality=90)
-    encoded = [blind_jpeg(image, 90) for image in (flat, noisy)]
-    assert len(encoded[0]) < len(encoded[1])
-    assert [p.stat().st_size for p in paths] == [len(encoded[1])] * 2
-    padded = paths[0].read_bytes()
-    assert padded.startswith(encoded[0]) and not padded[len(encoded[0]):].strip(b"\0")  # zeros after the EOI
-    for path, data in zip(paths, encoded):
-        with Image.open(path) as served, Image.open(io.BytesIO(data)) as unpadded:
-            assert np.array_equal(np.asarray(served), np.asarray(unpadded))
-            assert served.info == unpadded.info
+    noisy = Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))  # compresses badly
+    flat = Image.new("RGB", (128, 96), (200, 120, 40))  # compresses well
+    composed = compose_pair(flat, noisy, np.random.default_rng(1))
+    left, right = split_pair(composed)
+    assert left.shape == right.shape and 128 - 14 <= left.shape[1] <= 128 and 96 - 14 <= left.shape[0] <= 96
+    assert np.abs(left - [200, 120, 40]).max() <= 1  # dither of at most one level
+    assert best_match(right, np.asarray(noisy, dtype=float)) < 1  # the same crop on both sides (off: ~85)
+    gap = np.asarray(composed, dtype=float)[:, left.shape[1]:left.shape[1] + PAIR_GAP]
+    assert np.abs(gap - 128).max() <= 1
+    served = {save_blind_pair(flat, noisy, tmp_path, quality=90).read_bytes() for _ in range(5)}
+    assert len(served) == 5  # every serving of a pair is its own file
+    with pytest.raises(ValueError, match="differ in size"):
+        compose_pair(flat, noisy.resize((64, 48)))
+
+
+def test_two_fresh_data_folders_get_different_plans(tmp_path, available):
+    photos = small_settings(tmp_path / "a").photos_dir
+    plans = []
+    for folder in ("a", "b", "a"):  # two fresh folders, then the first again (a restart)
+        study = Study(StudySettings(photos_dir=photos, data_dir=tmp_path / folder / "data", practice_pairs=1, batches=2,
+                                    pairs_per_batch=2), available, tmp_path / "serve")
+        assert len(study.settings.seed) == 64 and study.settings.seed != "None"
+        plans.append([assign_trials(list(study.stimuli.photos), list(available), study.settings, n) for n in range(4)])
+        assert (tmp_path / folder / "data" / SEED_FILE).stat().st_mode & 0o077 == 0  # the organiser's eyes only
+    assert plans[0] != plans[1] and plans[0] == plans[2]
+    pilot = [Study(StudySettings(photos_dir=photos, data_dir=tmp_path / f / "pilot", seed=7, batches=1, practice_pairs=1), available,
+                   tmp_path / "serve").settings.seed for f in "ab"]
+    assert pilot == ["7", "7"]  # an organiser's STUDY_SEED: a reproducible plan
+    with pytest.raises(ValueError, match="no seed"):
+        assign_trials(PHOTOS, ["cnn"], StudySettings(), 0)
+
+
+def test_fast_answers_are_flagged_and_their_exclusion_changes_the_scores():
+    class A(_Answer):
+        def __init__(self, participant_id, case_number, response_ms, model="m"):
+            super().__init__(participant_id, model, 1, case_number)
+            self.response_ms = response_ms
+    answers = [A("human", 1, 4200), A("human", 2, 2500), A("human", 3, 150),  # one quick answer is no bot
+               A("bot", 4, 40), A("bot", 4, 60), A("bot", 3, 5000),
+               A("no-times", 1, None)]
+    assert fast_participants(answers, 300) == {"bot": 60.0}
+    assert fast_participants(answers, 30) == {}
+    (all_in,) = summarize(answers, samples=50)
+    (without,) = summarize(answers, samples=50, exclude=fast_participants(answers, 300))
+    assert all_in.fooling_score == pytest.approx((0 + 0.25 + 0.75 + 1 + 1 + 0.75 + 0) / 7)
+    assert without.fooling_score == pytest.approx((0 + 0.25 + 0.75 + 0) / 4)
+    assert (all_in.participants, without.participants) == (3, 2)
+    assert case_table(answers, exclude={"bot"}) == {"m": {1: [2, 1, 1, 0]}}
+
+
+def test_new_participants_per_client_are_limited(tmp_path, available):
+    limiter = StartLimiter(2, window_s=10)
+    assert [limiter.allow("a", t) for t in (0, 1, 2)] == [True, True, False]
+    assert limiter.allow("b", 2) and limiter.allow("a", 10.5)  # per client; the window slides
+    study = Study(small_settings(tmp_path, models=("cnn",), starts_per_hour=1), available, tmp_path / "serve")
+    first = study.start(None, client="10.0.0.1")
+    assert first.kind == "trial"
+    refused = study.start(None, client="10.0.0.1")
+    assert refused.kind == "intro" and "Too many new participants" in refused.message
+    assert study.start(first.participant_id, client="10.0.0.1").kind == "trial"  # continuing is not starting
+    assert study.start(None, client="10.0.0.2").kind == "trial"
+    assert len({t.participant_id for t in study.store.answers(phase=None)}) == 0
 
 
 def _trial(i, photo, model="cnn", weights="w1", phase="scored", answered=False, side="left"):
@@ -420,7 +515,7 @@ def _trial(i, photo, model="cnn", weights="w1", phase="scored", answered=False, 
 
 
 def test_replan_keeps_what_it_can_and_replaces_what_is_gone():
-    settings = StudySettings(practice_pairs=1, batches=2, pairs_per_batch=2)
+    settings = StudySettings(practice_pairs=1, batches=2, pairs_per_batch=2, seed=0)
     photos = [f"{c}.jpg" for c in "abcdefg"]
     (practice,) = practice_photos(photos, settings)
     scored = [p for p in photos if p != practice]

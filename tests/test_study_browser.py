@@ -40,9 +40,8 @@ def test_participant_takes_the_study_by_clicking(available, tmp_path):
 
             def expect_pair(text: str):
                 expect(progress).to_contain_text(text, timeout=WAIT_MS)
-                for side in ("left", "right"):
-                    expect(page.locator(f"#study-{side} img")).to_have_attribute("src", SERVED_SRC, timeout=WAIT_MS)
-                page.wait_for_function("() => [...document.querySelectorAll('#study-left img, #study-right img')]"
+                expect(page.locator("#study-pair img")).to_have_attribute("src", SERVED_SRC, timeout=WAIT_MS)
+                page.wait_for_function("() => [...document.querySelectorAll('#study-pair img')]"
                                        ".every(i => i.complete && i.naturalWidth > 0)", timeout=WAIT_MS)
 
             def click(name: str):
