@@ -197,7 +197,6 @@ def run_comparison(path, names, available: dict[str, Colorizer], settings: Setti
     scores = None
     if original is not None:
         scores = reference.score(original, {name: result.image for name, result in comparison.results.items()})
-        original = colorizers.tensor_to_image(original)
     return comparison, save_comparison(comparison, _stem(path), cache_dir, scores, original)
 
 
@@ -248,6 +247,14 @@ def _summary(comparison: Comparison, scored: bool = False) -> str:
     return text
 
 
+ORIGINAL, ORIGINAL_TITLE = "original", "Original colours (reference)"
+
+
+def _slider_files(files: ComparisonFiles) -> dict[str, str]:
+    """The slider's choices: each result, and in reference mode the original."""
+    return {**files.results, **({ORIGINAL: files.original} if files.original else {})}
+
+
 def _examples() -> tuple[list[list[str]], list[str]]:
     paths = sorted(EXAMPLES_DIR.glob("*.jpg"))
     labels = [p.stem.removeprefix("skimage-").replace("-", " ").capitalize() for p in paths]
@@ -265,7 +272,8 @@ def build_demo(available: dict[str, Colorizer], unavailable: dict[str, str], set
         gr.Markdown(
             "# Colorize a black-and-white photo\n"
             "Upload a photo and compare what six colorization models make of it. Every model keeps your photo's "
-            "lightness and size exactly and only adds colour (a colour photo works too: only its lightness is used)."
+            "lightness and size exactly and only adds colour. A colour photo works too: only its lightness is used, and "
+            "each result is then compared with its real colours."
         )
         with gr.Tab("Compare"):
             gr.Markdown(model_status(available, unavailable, settings.weights), elem_id="model-status")
@@ -286,7 +294,15 @@ def build_demo(available: dict[str, Colorizer], unavailable: dict[str, str], set
                     slider = gr.ImageSlider(label="Grey input | colorized", type="filepath", interactive=False,
                                             elem_id="slider")
             summary = gr.Markdown(elem_id="summary")
+            # Reference mode (a colour upload): each result against the original, sortable, best values starred.
+            with gr.Column(visible=False, elem_id="reference") as reference_box:
+                sort_by = gr.Radio([(title, name) for name, title, *_ in reference.METRICS], value="psnr",
+                                   label="Compared with your original colours; sort by", elem_id="reference-sort")
+                reference_table = gr.Markdown(elem_id="reference-table")
+                gr.Markdown(f"{reference.METRICS_NOTE} {reference.LPIPS_NOTE}", elem_id="reference-note")
             with gr.Row(equal_height=True):
+                original_image = gr.Image(label="Original colours", type="filepath", interactive=False, visible=False,
+                                          height=360, min_width=380, elem_id="result-original")
                 result_images = {
                     name: gr.Image(label=title, type="filepath", interactive=False, visible=False, height=360,
                                    min_width=380, elem_id=f"result-{name}")
@@ -299,23 +315,35 @@ def build_demo(available: dict[str, Colorizer], unavailable: dict[str, str], set
             api_model = gr.Dropdown(list(available), value=first, label="Model", visible=False)
             api_result = gr.Image(label="Colorized photo", type="filepath", format="png", visible=False)
 
-        def compare(upload, names, slider_name):
+        def compare(upload, names, slider_name, sort_name):
             comparison, files = run_comparison(_upload_path(upload), names, available, settings, download.GRADIO_CACHE)
-            shown = slider_name if slider_name in files.results else next(iter(files.results))
+            shown = slider_name if slider_name in _slider_files(files) else next(iter(files.results))
             images = [
                 gr.Image(files.results[name], label=f"{titles[name]} · {comparison.results[name].seconds:.2f} s",
                          visible=True)
                 if name in files.results else gr.Image(None, visible=False)
                 for name in result_images
             ]
-            slider_choice = gr.Dropdown([(titles[name], name) for name in files.results], value=shown)
-            return (*images, slider_choice, (files.grey, files.results[shown]), _summary(comparison), files.zip,
-                    files)
+            choices = [(titles[name], name) for name in files.results]
+            if files.scores is None:
+                reference_parts = (gr.Image(None, visible=False), gr.Column(visible=False), "")
+            else:
+                choices.append((ORIGINAL_TITLE, ORIGINAL))
+                reference_parts = (gr.Image(files.original, visible=True), gr.Column(visible=True),
+                                   reference.table_markdown(files.scores, titles, sort_name or "psnr"))
+            slider_choice = gr.Dropdown(choices, value=shown)
+            return (*images, slider_choice, (files.grey, _slider_files(files)[shown]),
+                    _summary(comparison, scored=files.scores is not None), files.zip, files, *reference_parts)
 
         def show_in_slider(name, files: ComparisonFiles | None):
             if files is None:
                 return gr.skip()  # nothing colorized yet
-            return files.grey, files.results[name]
+            return files.grey, _slider_files(files)[name]
+
+        def sort_table(sort_name, files: ComparisonFiles | None):
+            if files is None or files.scores is None:
+                return gr.skip()
+            return reference.table_markdown(files.scores, titles, sort_name)
 
         def colorize(upload, model: str) -> str:
             """Colorize one photo with one model; returns the colorized image (PNG, the photo's size and L)."""
@@ -326,10 +354,12 @@ def build_demo(available: dict[str, Colorizer], unavailable: dict[str, str], set
             result = colorize_checked(read_image(path, settings.max_pixels), models).results[model]
             return save_bytes_to_cache(_png(result.image), f"{_stem(path)}-{model}.png", api_result.GRADIO_CACHE)
 
-        run.click(compare, [photo, chosen, slider_model],
-                  [*result_images.values(), slider_model, slider, summary, download, files_state],
+        run.click(compare, [photo, chosen, slider_model, sort_by],
+                  [*result_images.values(), slider_model, slider, summary, download, files_state,
+                   original_image, reference_box, reference_table],
                   preprocess=False, api_visibility="private", concurrency_id="colorize")
         slider_model.input(show_in_slider, [slider_model, files_state], slider, api_visibility="private")
+        sort_by.input(sort_table, [sort_by, files_state], reference_table, api_visibility="private")
         gr.on([], colorize, [api_photo, api_model], api_result, api_name="colorize", preprocess=False,
               concurrency_id="colorize")
 

@@ -3,6 +3,11 @@
 INPUTs are image files or folders (searched recursively for image files). Each result is written as a PNG (lossless,
 so it keeps the input's lightness exactly) to ``DIR/<model>/<path relative to its folder>.png``; a file given
 directly keeps just its name. Unreadable files are reported and skipped, and the exit status is 1 if any failed.
+
+With ``--reference``, each colour photo (``colorizers.reference``: at least 1 % of its pixels with Lab chroma >= 15)
+is also its own ground truth: the models colour its grey version, and ``DIR/metrics.csv`` gets one row per photo
+and model (PSNR, SSIM, colourfulness and chroma against the original, at full resolution) plus one ``mean`` row
+per model. Grey photos are colorized but not scored.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from . import MODEL_NAMES, PRECISION_ENV, PRECISIONS, load_colorizers, resolve_precision
+from . import MODEL_NAMES, PRECISION_ENV, PRECISIONS, load_colorizers, reference, resolve_precision
 from .compare import colorize_models
 from .pipeline import IMAGE_EXTENSIONS
 from .weights import WEIGHTS_ENV, describe_source
@@ -31,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", help=f"weights root: a folder or a Hub repo id[@revision] "
                                           f"(default: ${WEIGHTS_ENV} or the bundled assets/weights)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--reference", action="store_true",
+                        help="score each colour photo's results against its real colours: OUT/metrics.csv, one row "
+                             "per photo and model plus each model's mean (grey photos are not scored)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="auto: bf16 autocast + channels-last where the device does bf16 natively, float32 "
                              f"elsewhere; bf16 or fp32 forces it (default: ${PRECISION_ENV} or auto)")
@@ -86,12 +94,21 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     failed: dict[Path, str] = {}
+    scored: list[tuple[str, reference.Score]] = []
+    grey: list[Path] = []
     for source, relative in images.items():
         try:
             with Image.open(source) as image:
                 image.load()
+                original = reference.colour_original(image) if args.reference else None
                 # one comparison: L computed once, ParaColorizer's generators shared with fg/bg
                 results = {name: r.image for name, r in colorize_models(image, models).results.items()}
+            if args.reference and original is None:
+                grey.append(source)
+            elif original is not None:
+                photo = relative.with_suffix(source.suffix).as_posix()
+                scored += [(photo, score) for score in reference.score(original, results).values()]
+                del original
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as err:
             failed[source] = f"{type(err).__name__}: {err}"
             print(f"skipped {source}: cannot read it as an image ({failed[source]})", file=sys.stderr)
@@ -106,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"colorized {done} of {len(images)} image(s) with {len(models)} model(s) "
           f"({', '.join(models)}; {args.device}, {args.precision}) in {time.perf_counter() - start:.1f} s; "
           f"results in {args.out}")
+    if args.reference:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "metrics.csv").write_text(reference.csv_text(scored, with_means=True), encoding="utf-8")
+        photos = len({photo for photo, _ in scored})
+        print(f"scored {photos} colour photo(s) against their real colours: {args.out / 'metrics.csv'}"
+              + (f"; not scored, grey: {', '.join(map(str, grey))}" if grey else ""))
     if failed:
         print(f"{len(failed)} file(s) could not be read: {', '.join(map(str, failed))}", file=sys.stderr)
     return 1 if failed else 0

@@ -156,7 +156,9 @@ def test_compare_gives_one_result_per_selected_model_and_a_zip_of_them(all_model
         assert comparison.results[name].seconds > 0
     assert np.abs(lightness(Image.open(files.grey)) - lightness(source)).mean() < 1.0
     with zipfile.ZipFile(files.zip) as zf:
-        assert sorted(zf.namelist()) == sorted(f"astronaut-{key}.png" for key in ["grey-input", *names])
+        # the astronaut is a colour photo, so the zip also holds its reference metrics (tests/test_reference.py)
+        assert sorted(zf.namelist()) == sorted([*(f"astronaut-{key}.png" for key in ["grey-input", *names]),
+                                                "metrics.csv"])
         for name in names:
             assert zf.read(f"astronaut-{name}.png") == open(files.results[name], "rb").read()
     assert comparison.shares_paracolorizer_pass
