@@ -3,7 +3,7 @@
 The photo is converted to L once for all models. When ``paracolorizer`` is among the models, one
 ``ParaColorizer.predict_all`` pass (section III-C, Fig. 10) also supplies the foreground and background
 generators' results, so neither generator runs twice. Each model still goes through the one pipeline
-(``predict_native_ab``, then ``upsample_ab`` and ``recombine`` one model at a time).
+(``predict_native_ab``, then ``finish_image``: up-sampling and recombination in bands, one model at a time).
 
 Times: each generator's time is its own prediction plus putting its colours on the photo; ParaColorizer's time is
 the whole shared pass (both generators and the DenseFuse fusion step) plus its own finishing.
@@ -19,7 +19,7 @@ from PIL import Image
 
 from .color import l_to_gray
 from .paracolorizer import ParaColorizer
-from .pipeline import Colorizer, image_to_l, predict_native_ab, recombine_to_image, upsample_ab
+from .pipeline import Colorizer, finish_image, image_to_l, predict_native_ab
 
 PARACOLORIZER_GENERATORS = ("paracolorizer_fg", "paracolorizer_bg")
 #: The outputs of ParaColorizer.predict_all, in the order the shared pass stacks them.
@@ -91,7 +91,7 @@ def _finish(l_full: torch.Tensor, ab_small: torch.Tensor, seconds_so_far: float,
     """Up-sample a model's native-size a,b and recombine them with the photo's L, timing this on top of the
     model's own time. One model's full-resolution a,b exist at a time, which bounds memory on large photos."""
     start = time.perf_counter()
-    image = recombine_to_image(l_full, upsample_ab(ab_small, l_full.shape[-2:]))
+    image = finish_image(l_full, ab_small)  # up-sampled and recombined in bands: no full-size float a,b
     return ModelResult(image, seconds_so_far + time.perf_counter() - start, from_shared_pass)
 
 
@@ -112,13 +112,23 @@ def _paracolorizer_family(para: Colorizer, l_full: torch.Tensor, models: dict[st
     return results
 
 
+def _grey_image(l_full: torch.Tensor, band_pixels: int = 1 << 18) -> Image.Image:
+    """The lightness as an 8-bit grey image, converted in bands of rows (no full-size float temporaries)."""
+    height, width = l_full.shape[-2:]
+    grey = np.empty((height, width), dtype=np.uint8)
+    rows = max(1, band_pixels // max(width, 1))
+    for top in range(0, height, rows):
+        grey[top:top + rows] = (l_to_gray(l_full[..., top:top + rows, :])[0, 0].numpy() * 255.0 + 0.5).astype(np.uint8)
+    return Image.fromarray(grey, "L")
+
+
 @torch.inference_mode()
 def colorize_models(image: Image.Image, models: dict[str, Colorizer]) -> Comparison:
     """Colorize ``image`` with each of ``models``: the image is converted to L once, and when ParaColorizer is
     among them its generators' predictions serve the foreground/background models too (computed once)."""
     begin = time.perf_counter()
     l_full = image_to_l(image)
-    grey = Image.fromarray((l_to_gray(l_full)[0, 0].numpy() * 255.0 + 0.5).astype(np.uint8), "L")
+    grey = _grey_image(l_full)
     convert_seconds = time.perf_counter() - begin
 
     results = _paracolorizer_family(models["paracolorizer"], l_full, models) if "paracolorizer" in models else {}

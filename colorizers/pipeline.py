@@ -35,11 +35,27 @@ class ABPredictor(Protocol):
     def predict_ab(self, l: torch.Tensor) -> torch.Tensor: ...
 
 
-def image_to_rgb_array(image: Image.Image) -> np.ndarray:
+def _white_level(image: Image.Image) -> float | None:
+    """The value that means white in a 16/32-bit grey image (None for other modes): 65535 for I;16*; for F, 1 or
+    255 by its largest value; for I, 255, 65535 or its largest value. Taken from the whole image."""
+    mode = image.mode
+    if mode not in _SIXTEEN_BIT_MODES and mode != "F":
+        return None
+    if mode not in ("I", "F"):
+        return 65535.0
+    arr = np.asarray(image)
+    if mode == "F":
+        return 1.0 if arr.size == 0 or np.nanmax(arr) <= 1.0 else 255.0
+    top = arr.max() if arr.size else 0
+    return 255.0 if top <= 255 else 65535.0 if top <= 65535 else float(top)
+
+
+def image_to_rgb_array(image: Image.Image, white: float | None = None) -> np.ndarray:
     """Any PIL image -> float32 RGB array (H, W, 3) in [0, 1], with its EXIF orientation applied.
 
     Grey modes (1, L, I;16*, I, F) are replicated to three channels without going through 8 bits, transparent
-    images are composited over white, palette and CMYK/YCbCr images are converted to RGB.
+    images are composited over white, palette and CMYK/YCbCr images are converted to RGB. ``white``: the white
+    level of a 16/32-bit grey image when ``image`` is a piece of a larger one (default: this image's own).
     """
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image, got {type(image).__name__}")
@@ -47,13 +63,7 @@ def image_to_rgb_array(image: Image.Image) -> np.ndarray:
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES or mode == "F":
         arr = np.asarray(image, dtype=np.float64)
-        if mode == "F":
-            peak = 1.0 if arr.size == 0 or np.nanmax(arr) <= 1.0 else 255.0
-        elif mode == "I":
-            top = arr.max() if arr.size else 0
-            peak = 255.0 if top <= 255 else 65535.0 if top <= 65535 else float(top)
-        else:
-            peak = 65535.0
+        peak = white if white is not None else _white_level(image)
         gray = np.clip(np.nan_to_num(arr / peak), 0.0, 1.0).astype(np.float32)
         return np.repeat(gray[..., None], 3, axis=2)
     if mode in _PREMULTIPLIED:  # Pillow converts these to RGB only through their straight-alpha modes
@@ -81,16 +91,20 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(image_to_rgb_array(image)).permute(2, 0, 1)[None].contiguous()
 
 
-def image_to_l(image: Image.Image, band_pixels: int = 1 << 20) -> torch.Tensor:
-    """PIL image -> its L channel (1, 1, H, W) in [0, 100], converted in bands of rows so a large photo never
-    holds full-size float Lab temporaries."""
-    rgb = image_to_rgb_array(image)
-    height, width = rgb.shape[:2]
+def image_to_l(image: Image.Image, band_pixels: int = 1 << 18) -> torch.Tensor:
+    """PIL image -> its L channel (1, 1, H, W) in [0, 100] (``image_to_rgb_array``'s reading of it), converted in
+    bands of rows straight from the image, so a large photo never holds a full-size float RGB copy nor float Lab
+    temporaries: only the L it returns (4 bytes a pixel) is full size."""
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image, got {type(image).__name__}")
+    image = ImageOps.exif_transpose(image) or image
+    white = _white_level(image)
+    width, height = image.size
     l_full = torch.empty(1, 1, height, width)
     rows = max(1, band_pixels // max(width, 1))
     for top in range(0, height, rows):
-        band = torch.from_numpy(rgb[top:top + rows]).permute(2, 0, 1)
-        l_full[0, :, top:top + rows] = rgb_to_l(band)
+        band = image_to_rgb_array(image.crop((0, top, width, min(height, top + rows))), white)
+        l_full[0, :, top:top + rows] = rgb_to_l(torch.from_numpy(band).permute(2, 0, 1))
     return l_full
 
 
@@ -145,6 +159,45 @@ def recombine_to_image(l_full: torch.Tensor, ab_full: torch.Tensor, band_pixels:
     return Image.fromarray(out, "RGB")
 
 
+def upsampled_ab_bands(ab_small: torch.Tensor, size: tuple[int, int], band_pixels: int = 1 << 20):
+    """``upsample_ab(ab_small, size)`` (batch 1) in bands, never whole: yields ``(rows, cols, ab)``, slices of the
+    full-resolution image and its a,b there, covering it once.
+
+    Bilinear up-sampling is separable: first the short side of the output is up-sampled whole (2 x native x short
+    side floats, at most a few MB), then the long side in bands of about ``band_pixels``. Equal to ``upsample_ab``
+    up to float rounding."""
+    height, width = size
+    native_h, native_w = ab_small.shape[-2:]
+    if height >= width:  # tall: columns first, then bands of columns up to the full height
+        first = F.interpolate(ab_small, size=(native_h, width), mode="bilinear", align_corners=False)
+        step = max(1, band_pixels // max(height, 1))
+        for left in range(0, width, step):
+            cols = slice(left, min(width, left + step))
+            band = F.interpolate(first[..., cols], size=(height, cols.stop - left), mode="bilinear",
+                                 align_corners=False)
+            yield slice(0, height), cols, band
+    else:  # wide: rows first, then bands of rows across the full width
+        first = F.interpolate(ab_small, size=(height, native_w), mode="bilinear", align_corners=False)
+        step = max(1, band_pixels // max(width, 1))
+        for top in range(0, height, step):
+            rows = slice(top, min(height, top + step))
+            band = F.interpolate(first[..., rows, :], size=(rows.stop - top, width), mode="bilinear",
+                                 align_corners=False)
+            yield rows, slice(0, width), band
+
+
+def finish_image(l_full: torch.Tensor, ab_small: torch.Tensor, band_pixels: int = 1 << 18) -> Image.Image:
+    """A model's native-size a,b (batch 1) on the photo's full-resolution L, as an 8-bit RGB image: up-sampled
+    and recombined in bands (``upsampled_ab_bands``), so the only full-size arrays are L and the 8-bit result.
+    The same result as ``recombine_to_image(l_full, upsample_ab(ab_small, ...))`` up to float rounding."""
+    height, width = l_full.shape[-2:]
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    for rows, cols, ab in upsampled_ab_bands(ab_small, (height, width), band_pixels):
+        band = recombine(l_full[..., rows, cols], ab)[0]
+        out[rows, cols] = (band.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+    return Image.fromarray(out, "RGB")
+
+
 @dataclass
 class Colorizer:
     """A loaded model behind the common pipeline: ``colorize(PIL.Image) -> PIL.Image``. ``precision`` is the
@@ -167,4 +220,4 @@ class Colorizer:
     @torch.inference_mode()
     def colorize(self, image: Image.Image) -> Image.Image:
         l_full = image_to_l(image)
-        return recombine_to_image(l_full, predict_full_resolution_ab(self.model, l_full, self.device, self.precision))
+        return finish_image(l_full, predict_native_ab(self.model, l_full, self.device, self.precision))

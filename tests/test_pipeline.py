@@ -157,3 +157,35 @@ def test_banded_conversion_equals_whole_image_conversion(photo):
     banded = np.asarray(recombine_to_image(whole_l, ab, band_pixels=301 * 7 + 5))
     assert np.abs(banded.astype(int) - whole.astype(int)).max() <= 1
     assert (banded != whole).mean() < 0.001
+
+
+def test_banded_l_takes_the_white_level_of_the_whole_image():
+    """A 32-bit grey image whose only bright pixel is in the last band: every band is read on the whole image's
+    scale (65535 here), as the whole-image reading does, not on its own."""
+    from colorizers.pipeline import image_to_l, image_to_tensor
+    from colorizers.color import rgb_to_l
+    values = np.full((40, 30), 200, dtype=np.int32)
+    values[-1, -1] = 60000
+    image = Image.fromarray(values, "I")
+    banded = image_to_l(image, band_pixels=30 * 4)  # 10 bands of 4 rows
+    assert torch.allclose(banded, rgb_to_l(image_to_tensor(image)), atol=1e-4)
+    assert banded[0, 0, 0, 0] < 10  # 200 of 65535 is nearly black
+
+
+@pytest.mark.parametrize("size", [(37, 301), (301, 37), (1, 700), (700, 1), (256, 256)])
+def test_banded_upsampling_equals_whole_upsampling(size):
+    """``finish_image`` up-samples a,b in bands (the short side first), so no full-size float a,b exist; the
+    result must be that of up-sampling the whole image, up to float rounding."""
+    from colorizers.pipeline import finish_image, recombine_to_image, upsample_ab, upsampled_ab_bands
+    torch.manual_seed(0)
+    l_full = torch.rand(1, 1, *size) * 100
+    ab_small = torch.randn(1, 2, 256, 256) * 40
+    whole = upsample_ab(ab_small, size)
+    covered = torch.zeros(size, dtype=torch.int)
+    for rows, cols, ab in upsampled_ab_bands(ab_small, size, band_pixels=97):
+        assert torch.allclose(ab, whole[..., rows, cols], atol=1e-4)
+        covered[rows, cols] += 1
+    assert (covered == 1).all()  # every pixel exactly once
+    banded = np.asarray(finish_image(l_full, ab_small, band_pixels=97)).astype(int)
+    expected = np.asarray(recombine_to_image(l_full, whole)).astype(int)
+    assert np.abs(banded - expected).max() <= 1 and (banded != expected).mean() < 0.001
