@@ -29,6 +29,7 @@ import colorizers
 from colorizers import Colorizer, reference
 from colorizers.compare import Comparison, colorize_models
 from colorizers.weights import describe_source
+from fairqueue import FairQueue, fair
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "examples"
 READABLE_FORMATS = "JPEG, PNG, WebP, TIFF, BMP or GIF"
@@ -71,6 +72,7 @@ class Settings:
     """The app's settings; ``from_env`` reads them from the environment variables named below."""
 
     max_pixels: int = 16_000_000  # COLORIZERS_MAX_PIXELS: larger uploads are refused
+    max_side: int = 65_535        # COLORIZERS_MAX_SIDE: uploads with a longer side are refused (bounds memory)
     concurrency: int = 1          # COLORIZERS_CONCURRENCY: colorization requests running at once
     threads: int = field(default_factory=_usable_cpus)  # COLORIZERS_THREADS: torch CPU threads per request
     device: str = "cpu"           # COLORIZERS_DEVICE: cpu or cuda (default cuda when there is one)
@@ -87,6 +89,7 @@ class Settings:
                              f"got {precision!r}")
         return cls(
             max_pixels=_env_int(environ, "COLORIZERS_MAX_PIXELS", defaults.max_pixels),
+            max_side=_env_int(environ, "COLORIZERS_MAX_SIDE", defaults.max_side),
             concurrency=_env_int(environ, "COLORIZERS_CONCURRENCY", defaults.concurrency),
             threads=_env_int(environ, "COLORIZERS_THREADS", defaults.threads),
             device=device,
@@ -101,13 +104,27 @@ def _refuse(message: str) -> gr.Error:
     return gr.Error(message, title="Cannot colorize this", print_exception=False)
 
 
-def read_image(path: str | os.PathLike | None, max_pixels: int) -> Image.Image:
-    """The uploaded file as a decoded image, or a ``gr.Error`` saying what is wrong with it: nothing uploaded, not
-    an image, damaged, or more than ``max_pixels`` pixels (decompression bombs included)."""
+#: An absolute path inside a message (not a URL's path): shown to visitors as its last part only.
+_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"`,;()]+/)*([^\s/'\"`,;()]*)")
+
+
+def hide_paths(text: str) -> str:
+    """``text`` with every absolute server path cut to its last part (a file or folder name), for visitors' eyes:
+    error messages and the model list must not show where the app keeps its files."""
+    return _PATH.sub(lambda m: m.group(1) or "…", str(text))
+
+
+def read_image(path: str | os.PathLike | None, max_pixels: int, max_side: int = Settings.max_side) -> Image.Image:
+    """The uploaded file as a decoded image, or a ``gr.Error`` saying in a sentence what is wrong with it: nothing
+    uploaded, not an image, damaged, oversized metadata, more than ``max_pixels`` pixels (decompression bombs
+    included) or a side longer than ``max_side`` (what bounds memory for extreme shapes, e.g. 1 x 16,000,000)."""
     if not path:
         raise _refuse("No photo yet: upload a black-and-white photo, or pick one of the examples.")
+    if not isinstance(path, (str, os.PathLike)):
+        raise _refuse(f"The photo did not arrive as a file. Upload a {READABLE_FORMATS} file.")
     name = Path(path).name
-    limit = f"the limit is {max_pixels / 1e6:g} megapixels. Please upload a smaller version of the photo."
+    limit = (f"the limit is {max_pixels:,} pixels ({max_pixels / 1e6:g} megapixels). Please upload a smaller "
+             "version of the photo.")
     try:
         with warnings.catch_warnings():
             # PIL warns above MAX_IMAGE_PIXELS and refuses twice that; both mean "too large" here.
@@ -117,17 +134,32 @@ def read_image(path: str | os.PathLike | None, max_pixels: int) -> Image.Image:
         raise _refuse(f"{name} is far too large: {limit}") from None
     except UnidentifiedImageError:
         raise _refuse(f"{name} is not an image this app can read. Upload a {READABLE_FORMATS} file.") from None
-    except OSError as err:
-        raise _refuse(f"{name} could not be opened ({err}).") from None
+    except FileNotFoundError:
+        raise _refuse(f"{name} did not arrive completely. Please upload it again.") from None
+    except Exception as err:  # noqa: BLE001 - PIL raises many kinds; each gets a sentence
+        raise _refuse(_unreadable(name, err)) from None
     width, height = image.size
     if width * height > max_pixels:
         image.close()
-        raise _refuse(f"{name} is {width}×{height} pixels ({width * height / 1e6:.1f} megapixels); {limit}")
+        raise _refuse(f"{name} is {width}×{height} = {width * height:,} pixels; {limit}")
+    if max(width, height) > max_side:
+        image.close()
+        raise _refuse(f"{name} is {width}×{height} pixels: its {'width' if width >= height else 'height'} is over "
+                      f"the limit of {max_side:,} pixels per side. Please crop or shrink the photo.")
     try:
         image.load()
-    except (OSError, ValueError, SyntaxError) as err:
-        raise _refuse(f"{name} could not be decoded; the file may be damaged or cut short ({err}).") from None
+    except Exception as err:  # noqa: BLE001
+        raise _refuse(_unreadable(name, err)) from None
     return image
+
+
+def _unreadable(name: str, err: Exception) -> str:
+    """A sentence for a file PIL could not open or decode."""
+    text = hide_paths(str(err))
+    if "TEXT_CHUNK" in text or "text chunks" in text:  # a PNG text chunk over PIL's safety limit
+        return (f"{name} carries a text block (metadata) too large to read safely. Save the photo again without "
+                "its metadata, or as a JPEG, and upload that.")
+    return f"{name} could not be decoded; the file may be damaged or cut short ({text[:200]})."
 
 
 # ---------------------------------------------------------------------------------------------------- saving
@@ -176,10 +208,14 @@ def save_comparison(comparison: Comparison, stem: str, cache_dir: str,
 
 
 def _choose(names, available: dict[str, Colorizer]) -> dict[str, Colorizer]:
+    if isinstance(names, str):
+        names = [names]
+    if names is not None and not isinstance(names, (list, tuple)):
+        raise _refuse(f"Models must be given as a list of names. Available models: {', '.join(available) or 'none'}.")
     names = list(names or [])
     if not names:
         raise _refuse("No model selected: tick at least one model.")
-    unknown = [name for name in names if name not in available]
+    unknown = [str(name)[:40] for name in names if not isinstance(name, str) or name not in available]
     if unknown:
         raise _refuse(f"Not available: {', '.join(unknown)}. Available models: {', '.join(available) or 'none'}.")
     return {name: available[name] for name in names}
@@ -191,7 +227,7 @@ def run_comparison(path, names, available: dict[str, Colorizer], settings: Setti
     colour upload is colorized from its lightness like any other, then each result is scored against it
     (``colorizers.reference``, at the upload's full resolution); ``files.scores`` is ``None`` for a grey one."""
     models = _choose(names, available)
-    image = read_image(path, settings.max_pixels)
+    image = read_image(path, settings.max_pixels, settings.max_side)
     original = reference.colour_original(image)
     comparison = colorize_checked(image, models)
     scores = None
@@ -207,7 +243,7 @@ def colorize_checked(image: Image.Image, models: dict[str, Colorizer]) -> Compar
         return colorize_models(image, models)
     except Exception as err:  # noqa: BLE001 - whatever went wrong, the visitor gets a sentence, not a stack
         logging.getLogger(__name__).exception("colorizing failed")
-        raise _refuse(f"This photo could not be colorized ({type(err).__name__}: {str(err)[:200]}). "
+        raise _refuse(f"This photo could not be colorized ({type(err).__name__}: {hide_paths(err)[:200]}). "
                       "Try saving it as an ordinary RGB or greyscale JPEG or PNG.") from None
 
 
@@ -219,6 +255,14 @@ def _upload_path(upload) -> str | None:
     return upload.get("path") if isinstance(upload, dict) else upload
 
 
+def _public_source(weights: str | None) -> str:
+    """Where the weights come from, as a visitor may see it: "bundled", a Hub repo id, or a folder's name."""
+    source = describe_source(weights)
+    if Path(source).resolve() == Path(colorizers.BUNDLED_WEIGHTS).resolve():
+        return "bundled"
+    return hide_paths(source)
+
+
 def model_status(available: dict, unavailable: dict[str, str], weights: str | None) -> str:
     """Markdown listing every model: ready, or unavailable with the reason; and where the models run, in which
     precision."""
@@ -227,13 +271,13 @@ def model_status(available: dict, unavailable: dict[str, str], weights: str | No
         "point `COLORIZERS_WEIGHTS` at a weights folder or Hugging Face repo, then restart the app.", ""]
     running = sorted({(str(c.device), c.precision) for c in available.values()})
     where = " and ".join(f"`{device}` in `{precision}`" for device, precision in running)
-    lines += [f"**Models** (weights: `{describe_source(weights)}`)" + (f", running on {where}" if where else ""), ""]
+    lines += [f"**Models** (weights: `{_public_source(weights)}`)" + (f", running on {where}" if where else ""), ""]
     for name in colorizers.MODEL_NAMES:
         title = colorizers.MODEL_TITLES[name]
         if name in available:
             lines.append(f"- {title}: ready")
         elif name in unavailable:
-            lines.append(f"- {title}: **unavailable**: {unavailable[name]}")
+            lines.append(f"- {title}: **unavailable**: {hide_paths(unavailable[name])}")
     return "\n".join(lines)
 
 
@@ -265,6 +309,7 @@ def build_demo(available: dict[str, Colorizer], unavailable: dict[str, str], set
     """The app, for the models given (``colorizers.load_colorizers``' two dicts), queued with the settings'
     concurrency limit. ``python app.py`` launches it; tests build it with their own models."""
     settings = settings or Settings()
+    gate = FairQueue(settings.concurrency)  # the colorization requests' bounded, per-client fair queue
     titles = {name: colorizers.MODEL_TITLES[name] for name in available}
     first = next(iter(available), None)
 
@@ -347,21 +392,23 @@ def build_demo(available: dict[str, Colorizer], unavailable: dict[str, str], set
 
         def colorize(upload, model: str) -> str:
             """Colorize one photo with one model; returns the colorized image (PNG, the photo's size and L)."""
+            if not isinstance(model, str):
+                raise _refuse(f"The model must be given by its name, one of: {', '.join(available) or 'none'}.")
             if model in unavailable:
-                raise _refuse(f"{colorizers.MODEL_TITLES[model]} is unavailable: {unavailable[model]}")
+                raise _refuse(f"{colorizers.MODEL_TITLES[model]} is unavailable: {hide_paths(unavailable[model])}")
             path = _upload_path(upload)
             models = _choose([model], available)
             result = colorize_checked(read_image(path, settings.max_pixels), models).results[model]
             return save_bytes_to_cache(_png(result.image), f"{_stem(path)}-{model}.png", api_result.GRADIO_CACHE)
 
-        run.click(compare, [photo, chosen, slider_model, sort_by],
+        run.click(fair(compare, gate), [photo, chosen, slider_model, sort_by],
                   [*result_images.values(), slider_model, slider, summary, download, files_state,
                    original_image, reference_box, reference_table],
-                  preprocess=False, api_visibility="private", concurrency_id="colorize")
+                  preprocess=False, api_visibility="private", concurrency_limit=None)
         slider_model.input(show_in_slider, [slider_model, files_state], slider, api_visibility="private")
         sort_by.input(sort_table, [sort_by, files_state], reference_table, api_visibility="private")
-        gr.on([], colorize, [api_photo, api_model], api_result, api_name="colorize", preprocess=False,
-              concurrency_id="colorize")
+        gr.on([], fair(colorize, gate), [api_photo, api_model], api_result, api_name="colorize", preprocess=False,
+              concurrency_limit=None)
 
         from study.tab import build_study_tabs  # the realism study's tabs (STUDY_* settings)
         build_study_tabs(available)

@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 
 from colorizers import MODEL_NAMES, MODEL_TITLES
 from colorizers.pipeline import Colorizer
+from fairqueue import client_key
 
 from .protocol import Screen, Study, StudySettings, StudySetupError
 from .scoring import case_table, fast_participants, fooling_score, summarize
@@ -172,20 +173,6 @@ class SessionTokens:
             return False
         age = (time.time() if now is None else now) - int(issued)
         return -60 <= age <= self.max_age_s and hmac.compare_digest(mac, self._mac(session_hash, int(issued)))
-
-
-def client_key(request: gr.Request | None) -> str:
-    """Who is asking, for per-client limits: the first address of X-Forwarded-For (the visitor, behind a Space's
-    proxy), else the connection's address."""
-    headers = getattr(request, "headers", None) or {}
-    try:
-        forwarded = headers.get("x-forwarded-for") or ""
-    except AttributeError:
-        forwarded = ""
-    if forwarded.strip():
-        return forwarded.split(",")[0].strip()
-    client = getattr(request, "client", None)
-    return str(getattr(client, "host", None) or "unknown")
 
 
 def _participant_tab(study: Study) -> dict[str, Callable]:

@@ -1,0 +1,251 @@
+"""What the app accepts and what it costs: extreme shapes, a text-chunk bomb and the pixel cap are refused with a
+sentence or handled within 2 GB of peak memory (each in a child process under an address-space limit, with its
+peak resident memory measured there); no server path reaches a visitor; the colorization queue is bounded and
+fair between clients. Random-initialised weights: plumbing and memory, not colours."""
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import gradio as gr
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+import app
+import colorizers
+from fairqueue import Busy, FairQueue, client_key, fair
+from tests.helpers import free_port, random_image
+
+ROOT = Path(__file__).resolve().parents[1]
+SIX = ",".join(colorizers.MODEL_NAMES)
+PEAK_LIMIT_MB = 2000  # the target: under 2 GB for any accepted upload
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def grey_png(width: int, height: int, extra: bytes = b"") -> bytes:
+    """A mid-grey 8-bit PNG of any shape, written directly (PIL would take long for 16,000,000 rows): tiny files."""
+    row = b"\0" + b"\x80" * width
+    compressor = zlib.compressobj(9)
+    body, left = [], height
+    while left:
+        n = min(left, 65536)
+        body.append(compressor.compress(row * n))
+        left -= n
+    data = b"".join(body) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + extra + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+
+
+def noisy_png() -> bytes:
+    import io
+    buffer = io.BytesIO()
+    random_image(120, 160).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def text_chunk_bomb(megabytes: int = 200) -> bytes:
+    """An 8x8 PNG with a zTXt chunk that inflates to ``megabytes`` MB (a 200 KB file)."""
+    compressor = zlib.compressobj(9)
+    text = b"".join(compressor.compress(b"\0" * (1 << 20)) for _ in range(megabytes)) + compressor.flush()
+    return grey_png(8, 8, _chunk(b"zTXt", b"Comment\0\0" + text))
+
+
+FILES = {
+    "tall-1x16000000.png": lambda: grey_png(1, 16_000_000),
+    "wide-16000000x1.png": lambda: grey_png(16_000_000, 1),
+    "text-bomb.png": text_chunk_bomb,
+    "side-65535x244.png": lambda: grey_png(65_535, 244),  # the widest accepted 16 MP shape
+    "side-244x65535.png": lambda: grey_png(244, 65_535),  # the tallest
+}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("limits")
+    for name, make in FILES.items():
+        (folder / name).write_bytes(make())
+    return folder
+
+
+def run_child(weights: str, photo: Path, models: str) -> dict:
+    """One request in a child process (``tests/memory_child.py``) under an 8 GB address-space limit."""
+    done = subprocess.run([sys.executable, "-m", "tests.memory_child", weights, str(photo), models, "--limit-gb", "8"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name, models, refused", [
+    ("tall-1x16000000.png", SIX, "its height is over the limit of 65,535 pixels per side"),
+    ("wide-16000000x1.png", "cnn", "its width is over the limit of 65,535 pixels per side"),
+    ("text-bomb.png", SIX, "carries a text block (metadata) too large to read safely"),
+    ("side-65535x244.png", SIX, None),
+    ("side-244x65535.png", SIX, None),
+])
+def test_extreme_inputs_are_refused_or_handled_within_the_memory_bound(random_weights_root, files, name, models,
+                                                                       refused):
+    result = run_child(random_weights_root, files / name, models)
+    print(name, result)  # the measured peak, for the record (pytest -s)
+    if refused:
+        assert refused in result.get("refused", ""), result
+        assert result["peak_mb"] - result["baseline_mb"] < 100  # refused from the header, before decoding
+    else:
+        assert "refused" not in result and result["results"] == len(models.split(","))
+        assert result["size"] == list(Image.open(files / name).size)
+    assert result["peak_mb"] < PEAK_LIMIT_MB, result
+
+
+def test_pixel_cap_message_has_no_rounding_contradiction(tmp_path):
+    path = tmp_path / "just-over.png"
+    path.write_bytes(grey_png(4001, 4000))
+    with pytest.raises(gr.Error) as err:
+        app.read_image(path, 16_000_000)
+    assert err.value.message == ("just-over.png is 4001×4000 = 16,004,000 pixels; the limit is 16,000,000 pixels "
+                                 "(16 megapixels). Please upload a smaller version of the photo.")
+    path.write_bytes(grey_png(4000, 4000))
+    assert app.read_image(path, 16_000_000).size == (4000, 4000)  # exactly at the cap is accepted
+
+
+@pytest.mark.parametrize("content, sentence", [
+    (b"", "is not an image this app can read"),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "is not an image this app can read"),
+    (lambda: noisy_png()[:3000], "could not be decoded"),
+])
+def test_every_refused_file_gets_a_sentence_without_server_paths(tmp_path, content, sentence):
+    folder = tmp_path / "deep" / "server" / "folder"
+    folder.mkdir(parents=True)
+    path = folder / "upload.png"
+    path.write_bytes(content() if callable(content) else content)
+    with pytest.raises(gr.Error) as err:
+        app.read_image(path, 16_000_000)
+    assert sentence in err.value.message and "upload.png" in err.value.message
+    assert str(folder) not in err.value.message and "/deep/" not in err.value.message
+    with pytest.raises(gr.Error, match="did not arrive completely"):
+        app.read_image(folder / "gone.png", 16_000_000)
+    with pytest.raises(gr.Error, match="did not arrive as a file"):
+        app.read_image(12345, 16_000_000)
+
+
+def test_hide_paths_keeps_names_and_urls():
+    text = ("no weights for 'cnn': /srv/app/weights/cnn/config.json not found. Train it with "
+            "`python -m train cnn --out /srv/app/weights`; see https://huggingface.co/owner/repo/tree/main")
+    assert app.hide_paths(text) == ("no weights for 'cnn': config.json not found. Train it with "
+                                    "`python -m train cnn --out weights`; see https://huggingface.co/owner/repo/tree/main")
+
+
+def test_model_status_shows_no_server_path(tmp_path):
+    reason = f"no weights for 'cnn': {tmp_path}/w/cnn/config.json not found"
+    status = app.model_status({}, {"cnn": reason}, str(tmp_path / "w"))
+    assert str(tmp_path) not in status and "(weights: `w`)" in status and "config.json not found" in status
+    assert "(weights: `bundled`)" in app.model_status({}, {}, None)
+
+
+def test_model_names_that_are_not_names_get_a_sentence(random_weights_root):
+    available, _ = colorizers.load_colorizers(["cnn"], source=random_weights_root)
+    for names, sentence in [(7, "must be given as a list of names"), ([7], "Not available: 7"),
+                            ([{"a": 1}], "Not available: {'a': 1}"), ("cnn", None)]:
+        if sentence is None:
+            assert list(app._choose(names, available)) == ["cnn"]
+        else:
+            with pytest.raises(gr.Error, match=sentence):
+                app._choose(names, available)
+
+
+@pytest.fixture(scope="module")
+def server(app_env, random_weights_root):
+    available, unavailable = colorizers.load_colorizers(["cnn"], source=random_weights_root)
+    demo = app.build_demo(available, unavailable, app.Settings(max_pixels=1_000_000, weights=random_weights_root))
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+    try:
+        yield demo, Client(url, verbose=False)
+    finally:
+        demo.close()
+
+
+def test_colorize_endpoint_refuses_a_non_string_model_with_a_sentence(server, tmp_path):
+    _, client = server
+    photo = tmp_path / "p.png"
+    photo.write_bytes(grey_png(64, 48))
+    for model in (5, ["cnn"], None):
+        with pytest.raises(AppError, match="must be given by its name"):
+            client.predict(handle_file(str(photo)), model, api_name="/colorize")
+    assert Image.open(client.predict(handle_file(str(photo)), "cnn", api_name="/colorize")).size == (64, 48)
+
+
+# ---------------------------------------------------------------------------------------------------- queue
+
+
+def test_a_busy_client_cannot_hold_others_up():
+    """One slot; client A queues four requests, then B one: B runs right after A's running request, not after all
+    of A's. A's fifth waiting request and anything over the total are refused at once, with a sentence."""
+    queue = FairQueue(slots=1, max_waiting=6, per_client=4)
+    order, release = [], threading.Event()
+    first_running = threading.Event()
+
+    def job(client, tag):
+        try:
+            with queue.slot(client):
+                if tag == "A0":
+                    first_running.set()
+                    release.wait(10)
+                order.append(tag)
+        except Busy as err:
+            order.append(f"{tag} busy: {err}")
+
+    threads = [threading.Thread(target=job, args=("A", "A0"))]
+    threads[0].start()
+    assert first_running.wait(10)
+    for i in range(1, 5):
+        threads.append(threading.Thread(target=job, args=("A", f"A{i}")))
+        threads[-1].start()
+        while queue.waiting < i:
+            time.sleep(0.01)
+    job("A", "A5")  # a fifth waiting request of A's: refused at once
+    assert order[-1].startswith("A5 busy: You already have 4 photos waiting")
+    threads.append(threading.Thread(target=job, args=("B", "B0")))
+    threads[-1].start()
+    while queue.waiting < 5:
+        time.sleep(0.01)
+    threads.append(threading.Thread(target=job, args=("C", "C0")))
+    threads[-1].start()
+    while queue.waiting < 6:
+        time.sleep(0.01)
+    job("D", "D0")  # over the total
+    assert order[-1].startswith("D0 busy: The app is busy")
+    release.set()
+    for t in threads:
+        t.join(10)
+    served = [tag for tag in order if "busy" not in tag]
+    assert served[:4] == ["A0", "A1", "B0", "C0"]  # each waiting client in turn
+    assert sorted(served[4:]) == ["A2", "A3", "A4"]
+
+
+def test_fair_handlers_get_the_request_and_refuse_when_busy():
+    queue = FairQueue(slots=1, max_waiting=0)
+    seen = []
+
+    def handler(photo, model):
+        seen.append((photo, model))
+        return "ok"
+
+    wrapped = fair(handler, queue)
+    request = gr.Request(client={"host": "10.1.2.3"})
+    assert wrapped("p", "cnn", request) == "ok" and seen == [("p", "cnn")]
+    assert list(__import__("inspect").signature(wrapped).parameters) == ["photo", "model", "request"]
+    with queue.slot("someone"):  # the one slot is taken and no one may wait
+        with pytest.raises(gr.Error, match="The app is busy"):
+            wrapped("p", "cnn", request)
+    assert client_key(request) == "10.1.2.3"
+    assert client_key(gr.Request(headers={"x-forwarded-for": "203.0.113.9, 10.0.0.1"})) == "203.0.113.9"
+    assert client_key(None) == "unknown"
