@@ -249,3 +249,35 @@ def test_fair_handlers_get_the_request_and_refuse_when_busy():
     assert client_key(request) == "10.1.2.3"
     assert client_key(gr.Request(headers={"x-forwarded-for": "203.0.113.9, 10.0.0.1"})) == "203.0.113.9"
     assert client_key(None) == "unknown"
+
+
+def test_queued_photos_of_one_visitor_do_not_hold_up_another(server, tmp_path):
+    """Through the running app: visitor A sends four photos at once, then visitor B one; B's comes back before A's
+    last two (first come, first served would put it after all four)."""
+    demo, _ = server
+    url = demo.local_url
+    photo = tmp_path / "p.png"
+    random_image(300, 400).save(photo)
+    a = Client(url, verbose=False, headers={"X-Forwarded-For": "198.51.100.1"})
+    b = Client(url, verbose=False, headers={"X-Forwarded-For": "198.51.100.2"})
+    finished, lock = [], threading.Lock()
+
+    def done(tag):
+        def callback(job):
+            if job.done():
+                with lock:
+                    finished.append(tag)
+        return callback
+
+    jobs = []
+    for i in range(4):
+        jobs.append(a.submit(handle_file(str(photo)), "cnn", api_name="/colorize"))
+        jobs[-1].add_done_callback(lambda job, i=i: done(f"A{i}")(job))
+    time.sleep(0.5)  # A's four are queued first
+    jobs.append(b.submit(handle_file(str(photo)), "cnn", api_name="/colorize"))
+    jobs[-1].add_done_callback(lambda job: done("B")(job))
+    for job in jobs:
+        job.result(timeout=300)
+    time.sleep(0.2)
+    assert sorted(finished) == ["A0", "A1", "A2", "A3", "B"]
+    assert finished.index("B") <= 2, finished  # after at most A's first two (one running, one in its turn)
