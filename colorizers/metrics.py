@@ -2,7 +2,9 @@
 Lab chroma. ``train.metrics`` (the papers' tables, with LPIPS and FID) re-exports the first three, so
 ``train.evaluate`` and the app's reference mode compute them with the same code.
 
-Every image argument is a float tensor ``(B, 3, H, W)`` of sRGB in [0, 1]; every metric returns a ``(B,)`` tensor.
+Every image argument is a float tensor ``(B, 3, H, W)`` of sRGB in [0, 1], or a uint8 one read as 8-bit sRGB
+(value / 255 in float32, the values ``image_to_rgb_array`` gives, converted band by band so a 16-megapixel photo
+never exists as full-size floats); every metric returns a ``(B,)`` float tensor.
 Each function works through the image in bands of rows (``band_pixels`` pixels per image per band), summing
 per-band partial results, so a full-resolution 16-megapixel photo never needs full-size float64 or 15-channel
 temporaries. The value is the whole-image one up to floating-point summation order; a 256 x 256 training image
@@ -21,8 +23,10 @@ SSIM_SIGMA = 1.5    # Gaussian window of Wang et al. (2004): sigma 1.5, truncate
 SSIM_RADIUS = 5
 SSIM_MIN_SIZE = 2 * SSIM_RADIUS + 1
 SSIM_K1, SSIM_K2 = 0.01, 0.03
-#: Pixels per image in one band of rows (about a megapixel, like the pipeline's bands).
-BAND_PIXELS = 1 << 20
+#: Pixels per image in one band of rows. Half a megapixel keeps a band's temporaries to about 200 MB (SSIM's, the
+#: largest, measured on 2 CPU threads; a megapixel took 300 MB); SSIM's 10-row window margin then adds about 10 %
+#: work on a 4,600-pixel-wide photo.
+BAND_PIXELS = 1 << 19
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -33,6 +37,16 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
 def _check_batch(images: torch.Tensor) -> None:
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected a (B, 3, H, W) image batch, got {tuple(images.shape)}")
+
+
+def _band(images: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
+    """Rows ``top:bottom`` of a batch, as float in [0, 1] (uint8 is divided by 255 in float32)."""
+    band = images[..., top:bottom, :]
+    return band.float() / 255.0 if band.dtype == torch.uint8 else band
+
+
+def _out_dtype(images: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(images.dtype, torch.float32)
 
 
 def _bands(height: int, width: int, band_pixels: int) -> Iterator[tuple[int, int]]:
@@ -52,10 +66,10 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, band_pixels:
     height, width = a.shape[-2:]
     sse = torch.zeros(a.shape[0], dtype=torch.float64, device=a.device)
     for top, bottom in _bands(height, width, band_pixels):
-        diff = a[..., top:bottom, :].double() - b[..., top:bottom, :].double()
+        diff = _band(a, top, bottom).double() - _band(b, top, bottom).double()
         sse += diff.pow(2).flatten(1).sum(dim=1)
     mse = sse / (3 * height * width)
-    return (10.0 * torch.log10(data_range ** 2 / mse)).to(a.dtype)
+    return (10.0 * torch.log10(data_range ** 2 / mse)).to(_out_dtype(a))
 
 
 def _gaussian_window(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -84,20 +98,23 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, band_pixels:
     _check_pair(a, b)
     if min(a.shape[-2:]) < SSIM_MIN_SIZE:
         raise ValueError(f"SSIM needs images of at least {SSIM_MIN_SIZE} x {SSIM_MIN_SIZE}, got {tuple(a.shape[-2:])}")
-    dtype = torch.promote_types(a.dtype, torch.float32)
+    dtype = _out_dtype(a)
     window = _gaussian_window(dtype, a.device)
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
     margin = 2 * SSIM_RADIUS
     height, width = a.shape[-2] - margin, a.shape[-1] - margin  # the SSIM map's size
     total = torch.zeros(a.shape[0], dtype=torch.float64, device=a.device)
     for top, bottom in _bands(height, a.shape[-1], band_pixels):
-        band_a, band_b = a[..., top:bottom + margin, :].to(dtype), b[..., top:bottom + margin, :].to(dtype)
-        stats = _blur_valid(torch.cat([band_a, band_b, band_a * band_a, band_b * band_b, band_a * band_b], dim=1),
-                            window)
-        mu_a, mu_b, aa, bb, ab = stats.split(3, dim=1)
-        var_a, var_b, cov = aa - mu_a ** 2, bb - mu_b ** 2, ab - mu_a * mu_b
-        ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
-        total += ssim_map.flatten(1).double().sum(dim=1)
+        for channel in range(3):  # one channel at a time: a third of the temporaries, the same arithmetic
+            band_a = _band(a[:, channel:channel + 1], top, bottom + margin).to(dtype)
+            band_b = _band(b[:, channel:channel + 1], top, bottom + margin).to(dtype)
+            stats = _blur_valid(torch.cat([band_a, band_b, band_a * band_a, band_b * band_b, band_a * band_b], dim=1),
+                                window)
+            mu_a, mu_b, aa, bb, ab = stats.unbind(dim=1)
+            var_a, var_b, cov = aa - mu_a ** 2, bb - mu_b ** 2, ab - mu_a * mu_b
+            ssim_map = (((2 * mu_a * mu_b + c1) * (2 * cov + c2))
+                        / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2)))
+            total += ssim_map.flatten(1).double().sum(dim=1)
     return (total / (3 * height * width)).to(dtype)
 
 
@@ -120,16 +137,16 @@ def colourfulness(images: torch.Tensor, band_pixels: int = BAND_PIXELS) -> torch
     count = height * width
     sums = torch.zeros(images.shape[0], 2, dtype=torch.float64, device=images.device)
     for top, bottom in _bands(height, width, band_pixels):
-        rg, yb = _opponent(images[..., top:bottom, :])
+        rg, yb = _opponent(_band(images, top, bottom))
         sums += torch.stack([rg.sum(dim=1), yb.sum(dim=1)], dim=1)
     means = sums / count
     squares = torch.zeros_like(sums)
     for top, bottom in _bands(height, width, band_pixels):
-        rg, yb = _opponent(images[..., top:bottom, :])
+        rg, yb = _opponent(_band(images, top, bottom))
         squares += torch.stack([(rg - means[:, :1]).pow(2).sum(dim=1), (yb - means[:, 1:]).pow(2).sum(dim=1)], dim=1)
     sigma = torch.sqrt(squares.sum(dim=1) / count)
     mu = torch.sqrt(means.pow(2).sum(dim=1))
-    return (sigma + 0.3 * mu).to(images.dtype)
+    return (sigma + 0.3 * mu).to(_out_dtype(images))
 
 
 def _chroma_bands(images: torch.Tensor, band_pixels: int) -> Iterator[torch.Tensor]:
@@ -137,9 +154,9 @@ def _chroma_bands(images: torch.Tensor, band_pixels: int) -> Iterator[torch.Tens
     1e-4; float64 would double the time of a large photo for nothing)."""
     _check_batch(images)
     height, width = images.shape[-2:]
-    dtype = torch.promote_types(images.dtype, torch.float32)
+    dtype = _out_dtype(images)
     for top, bottom in _bands(height, width, band_pixels):
-        lab = rgb_to_lab(images[..., top:bottom, :].to(dtype))
+        lab = rgb_to_lab(_band(images, top, bottom).to(dtype))
         yield lab[:, 1:].pow(2).sum(dim=1).sqrt().flatten(1)
 
 
@@ -150,7 +167,7 @@ def mean_chroma(images: torch.Tensor, band_pixels: int = BAND_PIXELS) -> torch.T
     total = torch.zeros(images.shape[0], dtype=torch.float64, device=images.device)
     for chroma in _chroma_bands(images, band_pixels):
         total += chroma.double().sum(dim=1)
-    return (total / (images.shape[-2] * images.shape[-1])).to(images.dtype)
+    return (total / (images.shape[-2] * images.shape[-1])).to(_out_dtype(images))
 
 
 def chroma_share(images: torch.Tensor, at_least: float, band_pixels: int = BAND_PIXELS) -> torch.Tensor:

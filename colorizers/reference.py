@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from . import metrics
 from .pipeline import image_to_rgb_array
@@ -72,12 +72,21 @@ _GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"
 
 
 def _as_batch(rgb: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) float array -> a (1, 3, H, W) view of it (no copy; the metrics read it in bands of rows)."""
-    return torch.from_numpy(rgb).permute(2, 0, 1)[None]
+    """(H, W, 3) array -> a (1, 3, H, W) view of it (no copy; the metrics read it in bands of rows, and read uint8
+    as 8-bit sRGB)."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+
+
+def _pixels(image: Image.Image) -> torch.Tensor:
+    """An 8-bit RGB image's pixels as a ``(1, 3, H, W)`` uint8 tensor (one writable copy, made by numpy)."""
+    if image.mode != "RGB":
+        raise ValueError(f"expected an 8-bit RGB image, got mode {image.mode!r}")
+    return _as_batch(np.array(image))
 
 
 def is_colour(rgb: torch.Tensor) -> bool:
-    """Whether a ``(1, 3, H, W)`` sRGB [0, 1] image counts as a colour photo (see the module docstring)."""
+    """Whether a ``(1, 3, H, W)`` sRGB image (float in [0, 1], or uint8) counts as a colour photo (see the module
+    docstring)."""
     return metrics.chroma_share(rgb, COLOUR_CHROMA)[0].item() >= COLOUR_SHARE
 
 
@@ -86,21 +95,25 @@ def colour_original(image: Image.Image) -> Image.Image | None:
     if it is a colour photo; ``None`` for a grey one. Kept in 8 bits (a quarter of float32) while the models run."""
     if image.mode in _GREY_MODES:
         return None
-    rgb = image_to_rgb_array(image)
+    if image.mode == "RGB":  # the common case, without float copies: the pipeline's reading of it is exactly /255
+        rgb = np.array(ImageOps.exif_transpose(image) or image)
+    else:
+        rgb = (image_to_rgb_array(image) * 255.0 + 0.5).astype(np.uint8)
     if not is_colour(_as_batch(rgb)):
         return None
-    return Image.fromarray((rgb * 255.0 + 0.5).astype(np.uint8), "RGB")
+    return Image.fromarray(rgb, "RGB")
 
 
 def score(original: Image.Image, results: dict[str, Image.Image]) -> dict[str, Score]:
     """Score each model's result image (8-bit RGB, the original's size) against the ``original`` (8-bit RGB), at
-    full resolution, read as sRGB in [0, 1] as the pipeline reads images, one result as floats at a time."""
-    original = _as_batch(image_to_rgb_array(original))
+    full resolution. The metrics read both as 8-bit sRGB (value / 255, as the pipeline reads images) band by band,
+    so no full-size float copy of either exists."""
+    original = _pixels(original)
     original_colourfulness = metrics.colourfulness(original).item()
     original_chroma = metrics.mean_chroma(original).item()
     scores = {}
     for name, image in results.items():
-        result = _as_batch(image_to_rgb_array(image))
+        result = _pixels(image)
         if result.shape != original.shape:
             raise ValueError(f"{name}'s result is {tuple(result.shape)}, the original {tuple(original.shape)}")
         colour, chroma = metrics.colourfulness(result).item(), metrics.mean_chroma(result).item()

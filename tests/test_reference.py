@@ -12,7 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 import colorizers
 from colorizers import metrics as app_metrics
@@ -83,6 +83,18 @@ def test_metrics_in_bands_of_rows_equal_the_whole_image(height, width):
                               atol=1e-4)
 
 
+def test_uint8_images_are_read_as_8bit_srgb():
+    """The app scores the 8-bit images themselves (no full-size float copy): same numbers as their float version."""
+    gen = torch.Generator().manual_seed(2)
+    a8, b8 = (torch.randint(0, 256, (1, 3, 40, 50), generator=gen, dtype=torch.uint8) for _ in range(2))
+    a, b = a8.float() / 255.0, b8.float() / 255.0
+    assert torch.equal(app_metrics.psnr(a8, b8, band_pixels=500), app_metrics.psnr(a, b, band_pixels=500))
+    assert torch.equal(app_metrics.ssim(a8, b8), app_metrics.ssim(a, b))
+    assert torch.equal(app_metrics.colourfulness(a8), app_metrics.colourfulness(a))
+    assert torch.equal(app_metrics.mean_chroma(a8), app_metrics.mean_chroma(a))
+    assert app_metrics.ssim(a8, b8).dtype == torch.float32
+
+
 def test_chroma_is_lab_chroma():
     images = torch.rand(2, 3, 20, 30, generator=torch.Generator().manual_seed(1))
     lab = rgb_to_lab(images.double())
@@ -148,6 +160,19 @@ def test_a_colour_photos_table_equals_train_metrics_on_the_same_pairs(models, co
     assert all(s.psnr < 40 and s.ssim < 0.999 for s in files.scores.values())
     assert len({round(s.psnr, 4) for s in files.scores.values()}) == len(MODELS)
     assert "This is a colour photo" in app._summary(comparison, scored=True)
+
+
+def test_the_original_is_read_with_its_exif_orientation_like_the_models_input(models, photo, tmp_path):
+    path = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees to display
+    photo.crop((0, 0, 240, 180)).save(path, quality=95, exif=exif)
+    _, files = app.run_comparison(str(path), ["cnn"], models, app.Settings(), str(tmp_path))
+    upright = ImageOps.exif_transpose(Image.open(path))
+    assert upright.size == (180, 240) == Image.open(files.results["cnn"]).size
+    assert np.array_equal(np.asarray(Image.open(files.original)), np.asarray(upright.convert("RGB")))
+    assert files.scores["cnn"].psnr == pytest.approx(metrics.psnr(tensor(files.results["cnn"]),
+                                                                  image_to_tensor(upright)).item(), rel=1e-6)
 
 
 def test_a_grey_photo_is_not_scored_and_its_zip_has_no_metrics(models, grey_file, tmp_path):
