@@ -73,6 +73,9 @@ PLAN: dict[str, tuple[Stage, ...]] = {
     "paracolorizer_fusion": (
         Stage("train 128", "fusion", ("--size", "128", "--steps", "100000"), 8),
         Stage("train 256", "fusion", ("--size", "256", "--steps", "100000", "--resume"), 3),
+        # The first two stages shared the CPU with benchmarks and reached 131 steps; two more followed.
+        Stage("train 128, continued", "fusion", ("--size", "128", "--steps", "100000", "--resume"), 13),
+        Stage("train 256, continued", "fusion", ("--size", "256", "--steps", "100000", "--resume"), 3),
     ),
     "cnn": (
         Stage("train 128", "cnn", ("--size", "128", "--steps", "100000"), 12),
