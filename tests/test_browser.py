@@ -70,6 +70,8 @@ def test_an_example_with_some_models_and_the_slider_choice(app_url, page):
     for name in selected:
         page.locator(f"#result-{name} img").first.wait_for(timeout=60_000)
     assert page.locator("#result-cnn").is_hidden() and page.locator("#result-paracolorizer_bg").is_hidden()
+    # a grey photo: no reference table, no original
+    assert page.locator("#reference").is_hidden() and page.locator("#result-original").is_hidden()
 
     before = page.locator("#slider img").nth(1).get_attribute("src")
     assert "camera-cnn_classifier" in before  # the first selected model is shown until another is picked
@@ -77,3 +79,43 @@ def test_an_example_with_some_models_and_the_slider_choice(app_url, page):
     page.get_by_role("option", name=colorizers.MODEL_TITLES["attention_ugan"]).click()
     page.wait_for_function(
         "() => document.querySelectorAll('#slider img')[1].src.includes('camera-attention_ugan')", timeout=30_000)
+
+
+def test_a_colour_photo_gets_the_reference_table_and_the_original_in_the_slider(app_url, page, photo, tmp_path):
+    """Reference mode: a colour upload is scored against itself; the table can be re-sorted and the original is
+    a choice of the slider. Leaves test-artifacts/reference-mode.png."""
+    from colorizers import reference
+
+    upload = tmp_path / "astronaut.png"
+    photo.crop((0, 0, 512, 384)).save(upload)
+    page.goto(app_url)
+    assert page.locator("#reference").is_hidden()
+    page.locator("#photo input[type=file]").set_input_files(str(upload))
+    page.locator("#photo img").first.wait_for(timeout=30_000)
+    page.locator("#run").click()
+
+    rows = page.locator("#reference-table table tbody tr")
+    rows.first.wait_for(timeout=90_000)
+    assert rows.count() == len(colorizers.MODEL_NAMES)
+    assert page.locator("#reference-table").inner_text().count(reference.BEST_MARK) >= len(reference.METRICS)
+    assert "greyish" in page.locator("#reference-note").inner_text()
+    assert "This is a colour photo" in page.locator("#summary").inner_text()
+    assert page.locator("#result-original img").first.get_attribute("src").endswith("astronaut-original.png")
+
+    # sorted by PSNR first; picking SSIM re-sorts the rows by that column, best first
+    def column(index: int) -> list[float]:
+        texts = [rows.nth(i).locator("td").nth(index).inner_text() for i in range(rows.count())]
+        return [float(text.replace(reference.BEST_MARK, "").strip()) for text in texts]
+    assert column(1) == sorted(column(1), reverse=True)
+    page.locator("#reference-sort").get_by_label("SSIM", exact=True).check()
+    page.wait_for_function(
+        """() => { const cells = [...document.querySelectorAll('#reference-table tbody tr td:nth-child(3)')]
+                     .map(td => parseFloat(td.innerText));
+                   return cells.every((v, i) => i === 0 || cells[i - 1] >= v); }""", timeout=30_000)
+
+    page.locator("#slider-model input").click()
+    page.get_by_role("option", name="Original colours (reference)").click()
+    page.wait_for_function(
+        "() => document.querySelectorAll('#slider img')[1].src.includes('astronaut-original')", timeout=30_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "reference-mode.png"), full_page=True)
