@@ -187,7 +187,9 @@ def _participant_tab(study: Study) -> dict[str, Callable]:
     tokens = SessionTokens(_secret(study.settings.data_dir, "session-token.key"))
     with gr.Column(visible=True) as intro:
         gr.Markdown(_instructions(study.settings))
-        start_button = gr.Button("Start, or continue where I left off", variant="primary")
+        # Enabled once the page has its study session (the load event below), so no click can come before it.
+        start_button = gr.Button("Start, or continue where I left off", variant="primary", interactive=False,
+                                 elem_id="study-start")
     notice = gr.Markdown(elem_id="study-notice")
     with gr.Column(visible=False) as pair:
         progress = gr.Markdown(elem_id="study-progress")
@@ -228,9 +230,11 @@ def _participant_tab(study: Study) -> dict[str, Callable]:
         if participant_id is not None and not isinstance(participant_id, str):
             raise gr.Error(NO_SESSION, title="Study session", print_exception=False)
 
-    def open_session(request: gr.Request | None) -> str | None:
+    def open_session(request: gr.Request | None) -> tuple:
         session_hash = getattr(request, "session_hash", None)
-        return tokens.issue(session_hash) if session_hash else None
+        if not session_hash:
+            return None, gr.update(interactive=False)
+        return tokens.issue(session_hash), gr.update(interactive=True)
 
     def start(participant_id: str | None, token: str | None, request: gr.Request | None = None) -> tuple:
         check(token, request, participant_id)
@@ -249,7 +253,7 @@ def _participant_tab(study: Study) -> dict[str, Callable]:
         return render(study.resume(participant_id))
 
     private = dict(api_visibility="private", concurrency_limit=None)
-    Context.root_block.load(open_session, None, session, **private)
+    Context.root_block.load(open_session, None, [session, start_button], **private)
     start_button.click(start, [participant, session], outputs, **private)
     for button in answer_buttons:
         button.click(answer, [button, participant, trial, session], outputs, **private)
