@@ -256,8 +256,10 @@ def test_queued_photos_of_one_visitor_do_not_hold_up_another(server, tmp_path):
     last two (first come, first served would put it after all four)."""
     demo, _ = server
     url = demo.local_url
-    photo = tmp_path / "p.png"
-    random_image(300, 400).save(photo)
+    photos = []
+    for seed in range(5):  # distinct photos: identical results would share one cache file, rewritten while served
+        photos.append(tmp_path / f"p{seed}.png")
+        random_image(300, 400, seed=seed).save(photos[-1])
     a = Client(url, verbose=False, headers={"X-Forwarded-For": "198.51.100.1"})
     b = Client(url, verbose=False, headers={"X-Forwarded-For": "198.51.100.2"})
     finished, lock = [], threading.Lock()
@@ -271,10 +273,10 @@ def test_queued_photos_of_one_visitor_do_not_hold_up_another(server, tmp_path):
 
     jobs = []
     for i in range(4):
-        jobs.append(a.submit(handle_file(str(photo)), "cnn", api_name="/colorize"))
+        jobs.append(a.submit(handle_file(str(photos[i])), "cnn", api_name="/colorize"))
         jobs[-1].add_done_callback(lambda job, i=i: done(f"A{i}")(job))
     time.sleep(0.5)  # A's four are queued first
-    jobs.append(b.submit(handle_file(str(photo)), "cnn", api_name="/colorize"))
+    jobs.append(b.submit(handle_file(str(photos[4])), "cnn", api_name="/colorize"))
     jobs[-1].add_done_callback(lambda job: done("B")(job))
     for job in jobs:
         job.result(timeout=300)
