@@ -64,7 +64,8 @@ def page():
 def test_all_six_models_colour_an_example(app_url, page):
     page.goto(app_url)
     status = page.locator("#model-status").inner_text()
-    assert "unavailable" not in status.lower() and "assets/weights" in status
+    assert "weights: bundled" in status and status.count(": ready") == 6, status
+    assert "unavailable" not in status.lower()
     page.get_by_role("button", name="Chelsea", exact=True).click()
     page.locator("#photo img").first.wait_for(timeout=30_000)
     page.locator("#run").click()
