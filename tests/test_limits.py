@@ -251,9 +251,18 @@ def test_fair_handlers_get_the_request_and_refuse_when_busy():
     assert client_key(None) == "unknown"
 
 
-def test_queued_photos_of_one_visitor_do_not_hold_up_another(server, tmp_path):
+def test_queued_photos_of_one_visitor_do_not_hold_up_another(server, tmp_path, monkeypatch):
     """Through the running app: visitor A sends four photos at once, then visitor B one; B's comes back before A's
-    last two (first come, first served would put it after all four)."""
+    last two (first come, first served would put it after all four). Each colorization is held for 0.8 s, so A's
+    photos are still queued when B's arrives however fast or busy the machine is."""
+    from colorizers import compare
+    predict = compare.predict_native_ab
+
+    def slow_predict(*args, **kwargs):
+        time.sleep(0.8)
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(compare, "predict_native_ab", slow_predict)
     demo, _ = server
     url = demo.local_url
     photos = []
@@ -275,7 +284,7 @@ def test_queued_photos_of_one_visitor_do_not_hold_up_another(server, tmp_path):
     for i in range(4):
         jobs.append(a.submit(handle_file(str(photos[i])), "cnn", api_name="/colorize"))
         jobs[-1].add_done_callback(lambda job, i=i: done(f"A{i}")(job))
-    time.sleep(0.5)  # A's four are queued first
+    time.sleep(1.0)  # A's four are queued first (A0 runs until 0.8 s, A1 after it)
     jobs.append(b.submit(handle_file(str(photos[4])), "cnn", api_name="/colorize"))
     jobs[-1].add_done_callback(lambda job: done("B")(job))
     for job in jobs:
