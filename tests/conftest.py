@@ -28,3 +28,17 @@ def app_env(tmp_path_factory):
         mp.setenv("STUDY_DATA_DIR", str(tmp_path_factory.mktemp("study-data")))
         mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
         yield
+
+
+@pytest.fixture
+def page():
+    """A fresh headless Chromium page (Debian's chromium through Playwright; skipped where it is not installed)."""
+    from tests.helpers import CHROMIUM_ARGS, chromium_path
+    executable = chromium_path()
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 1000})
+        finally:
+            browser.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import colorizers
-from tests.helpers import ARTIFACTS, CHROMIUM_ARGS, chromium_path, free_port
+from tests.helpers import ARTIFACTS, free_port
 
 import app
 
@@ -23,18 +23,6 @@ def app_url(app_env, random_weights_root):
         yield url
     finally:
         demo.close()
-
-
-@pytest.fixture
-def page():
-    executable = chromium_path()
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser.new_page(viewport={"width": 1400, "height": 1000})
-        finally:
-            browser.close()
 
 
 def test_compare_shows_every_model_result(app_url, page, photo, tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import colorizers
-from tests.helpers import ARTIFACTS, CHROMIUM_ARGS, chromium_path, free_port
+from tests.helpers import ARTIFACTS, free_port
 
 pytestmark = pytest.mark.browser
 REPO = Path(__file__).resolve().parents[1]
@@ -47,18 +47,6 @@ def app_url(tmp_path_factory):
         process.terminate()
         process.wait(timeout=30)
         log.close()
-
-
-@pytest.fixture
-def page():
-    executable = chromium_path()
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser.new_page(viewport={"width": 1400, "height": 1000})
-        finally:
-            browser.close()
 
 
 def test_all_six_models_colour_an_example(app_url, page):
