@@ -65,3 +65,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for_model_results(page, names, timeout_ms: int, screenshot: str) -> None:
+    """In the Compare tab: wait for each model's result image, check its label carries the model's title and its
+    time, and leave a full-page screenshot in test-artifacts/."""
+    for name in names:
+        result = page.locator(f"#result-{name}")
+        result.locator("img").first.wait_for(timeout=timeout_ms)
+        assert result.get_by_text(colorizers.MODEL_TITLES[name]).first.inner_text().endswith(" s")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / screenshot), full_page=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import colorizers
-from tests.helpers import ARTIFACTS, free_port
+from tests.helpers import ARTIFACTS, free_port, wait_for_model_results
 
 import app
 
@@ -33,13 +33,7 @@ def test_compare_shows_every_model_result(app_url, page, photo, tmp_path):
     page.locator("#photo img").first.wait_for(timeout=30_000)
     page.locator("#run").click()
 
-    for name in colorizers.MODEL_NAMES:
-        result = page.locator(f"#result-{name}")
-        result.locator("img").first.wait_for(timeout=60_000)
-        # the label carries the model's title and its time
-        assert result.get_by_text(colorizers.MODEL_TITLES[name]).first.inner_text().endswith(" s")
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
+    wait_for_model_results(page, colorizers.MODEL_NAMES, 60_000, "compare.png")
 
     assert page.locator("#slider img").count() == 2
     assert page.locator("#download a[href$='/astronaut-colorized.zip']").count() == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import colorizers
-from tests.helpers import ARTIFACTS, free_port
+from tests.helpers import ARTIFACTS, free_port, wait_for_model_results
 
 pytestmark = pytest.mark.browser
 REPO = Path(__file__).resolve().parents[1]
@@ -57,12 +57,7 @@ def test_all_six_models_colour_an_example(app_url, page):
     page.get_by_role("button", name="Chelsea", exact=True).click()
     page.locator("#photo img").first.wait_for(timeout=30_000)
     page.locator("#run").click()
-    for name in colorizers.MODEL_NAMES:
-        result = page.locator(f"#result-{name}")
-        result.locator("img").first.wait_for(timeout=120_000)
-        assert result.get_by_text(colorizers.MODEL_TITLES[name]).first.inner_text().endswith(" s")
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "shipped-compare.png"), full_page=True)
+    wait_for_model_results(page, colorizers.MODEL_NAMES, 120_000, "shipped-compare.png")
 
 
 def test_the_realism_study_starts_with_the_bundled_photos(app_url, page):
