@@ -17,6 +17,7 @@ import os
 import re
 import warnings
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,8 +191,9 @@ def save_comparison(comparison: Comparison, stem: str, cache_dir: str,
     files are served and cleaned up with the app's other temporary files). Each PNG is encoded once. In reference
     mode (``scores`` and the ``original`` given) the original is saved too (shown, not zipped: the visitor has it)
     and the zip holds ``metrics.csv``."""
-    pngs = {"grey-input": _png(comparison.grey)}
-    pngs.update((name, _png(result.image)) for name, result in comparison.results.items())
+    images = {"grey-input": comparison.grey, **{name: result.image for name, result in comparison.results.items()}}
+    with ThreadPoolExecutor(max_workers=min(len(images), torch.get_num_threads())) as pool:  # zlib frees the GIL
+        pngs = dict(zip(images, pool.map(_png, images.values())))
     names = {key: f"{stem}-{key}.png" for key in pngs}
     paths = {key: save_bytes_to_cache(data, names[key], cache_dir) for key, data in pngs.items()}
     archive = io.BytesIO()

@@ -370,6 +370,34 @@ def test_a_run_stopped_by_its_time_budget_is_loadable_and_resumes_to_the_same_we
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"resumed run differs in {key}")
 
 
+def test_kill_stops_a_run_cleanly_after_its_step(mini_set, tmp_path, monkeypatch, capsys):
+    """SIGTERM (``kill PID``) mid-run: the run ends after that step with a checkpoint, an export and a history line,
+    as a spent budget does, and the process's own SIGTERM handler is back afterwards."""
+    import signal
+    from train import engine
+    calls = {"n": 0}
+    step = engine.Trainer.step
+
+    def step_then_signal(self, *args):
+        calls["n"] += 1
+        result = step(self, *args)
+        if calls["n"] == 2:
+            signal.raise_signal(signal.SIGTERM)  # the handler runs in this (main) thread, at once
+        return result
+
+    monkeypatch.setattr(engine.Trainer, "step", step_then_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    out = train(small_run("cnn", [str(mini_set / "folder")], tmp_path, steps=6))
+    assert signal.getsignal(signal.SIGTERM) is before
+    report = capsys.readouterr()
+    assert "stopped on request (--resume continues) at step 2/6" in report.out + report.err
+    assert torch.load(out / CHECKPOINT, weights_only=False)["step"] == 2
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert history[-1]["to_step"] == 2 and history[-1]["stopped_on_request"] and not history[-1]["stopped_by_budget"]
+    assert history[-1]["cpu_minutes"] >= 0  # the process's CPU time, for the model cards
+    colorizers.load_network("cnn", tmp_path)  # the export is there and loads
+
+
 def test_a_run_at_a_small_size_continues_at_the_native_size(mini_set, tmp_path):
     data = [str(mini_set / "folder")]
     train(small_run("cnn", data, tmp_path, steps=3, image_size=32))

@@ -28,6 +28,8 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,7 @@ import colorizers
 from colorizers.color import lab_to_rgb, normalize_ab, normalize_l, rgb_to_lab, unnormalize_ab, unnormalize_l
 from colorizers.networks import PatchDiscriminator
 from colorizers.precision import PRECISIONS, autocast, memory_format, resolve_precision
+from colorizers.metrics import colourfulness
 
 from .data import ImageSet, read_images
 from .imagenet_init import calibration_l_norm, check_encoder_init, init_encoder_from_imagenet
@@ -419,9 +422,18 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> dict[str, float]:
-        """Mean non-adversarial loss terms of the recipe over held-out images, in eval mode."""
+        """Mean non-adversarial loss terms of the recipe over held-out images, in eval mode.
+
+        Colorizers (L input) also report the mean colourfulness of their colours and of the truth
+        (``val_colourfulness`` / ``val_colourfulness_truth``, Hasler and Suesstrunk as ParaColorizer IV-B): the
+        L1 terms alone cannot tell a desaturated generator from a garish one, and the adversarial phase is
+        balanced by watching both.
+        """
         terms = [t for t in self.recipe.loss_terms if t != "gan"]
         sums = dict.fromkeys(terms, 0.0)
+        colourful = self.recipe.input == "l"
+        if colourful:
+            sums |= {"colourfulness": 0.0, "colourfulness_truth": 0.0}
         self.generator.eval()
         for start in range(0, len(images), batch_size):
             rgb = images[start:start + batch_size].to(self.device).float() / 255.0
@@ -429,6 +441,9 @@ class Trainer:
             prediction = self.predict(batch)
             for term in terms:
                 sums[term] += float(self.loss_term(term, batch, prediction)) * len(rgb)
+            if colourful:
+                sums["colourfulness"] += float(colourfulness(self.predicted_rgb(batch, prediction)).sum())
+                sums["colourfulness_truth"] += float(colourfulness(batch.rgb.float()).sum())
         self.generator.train()
         return {f"val_{term}": total / len(images) for term, total in sums.items()}
 
@@ -520,7 +535,7 @@ def plot_curves(csv_path: Path, png_path: Path, title: str) -> None:
     columns = list(rows[0]) if rows else []
     panels = [("generator", [c for c in columns if c.startswith("g_")]),
               ("discriminator", [c for c in columns if c.startswith("d_")]),
-              ("validation", [c for c in columns if c.startswith("val_")])]
+              ("validation", [c for c in columns if c.startswith("val_") and "colourfulness" not in c])]
     panels = [(name, cols) for name, cols in panels if any(r[c] for r in rows for c in cols)]
     fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5.5 * max(len(panels), 1), 4), squeeze=False)
     for ax, (name, cols) in zip(axes[0], panels):
@@ -539,6 +554,36 @@ def plot_curves(csv_path: Path, png_path: Path, title: str) -> None:
 
 # ----------------------------------------------------------------------------------------------------------
 # The run
+
+class StopRequest:
+    """SIGTERM or SIGINT (Ctrl-C) during a run: finish the current step, then stop as a spent ``--minutes`` budget
+    does (checkpoint, export, curves, history), so ``kill PID`` never loses the steps since the last checkpoint.
+    Installed only in the main thread (signal handlers cannot be set elsewhere); a second signal acts as usual."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    @classmethod
+    def install(cls) -> "StopRequest":
+        request = cls()
+        if threading.current_thread() is threading.main_thread():
+            for sig in cls.SIGNALS:
+                request._previous[sig] = signal.signal(sig, request._handle)
+        return request
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # a second signal is not held back
+        tqdm.write(f"{signal.Signals(signum).name}: stopping after this step (checkpoint and export follow)")
+
+    def uninstall(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
 
 def save_checkpoint(path: Path, trainer: Trainer, batches: InMemoryBatches, step: int, config: TrainingConfig,
                     d_config: dict | None) -> None:
@@ -632,38 +677,44 @@ def train(config: TrainingConfig) -> Path:
         columns += ["d_real", "d_fake"]
     if validation is not None:
         columns += [f"val_{t}" for t in recipe.loss_terms if t != "gan"]
+        if recipe.input == "l":
+            columns += ["val_colourfulness", "val_colourfulness_truth"]
     log = LossLog(out_dir / LOSSES_CSV, columns, keep_until=start if checkpoint is not None else None)
     val_every = config.val_every or config.checkpoint_every
 
     deadline = time.monotonic() + 60.0 * config.minutes if config.minutes else None
     progress = tqdm(total=steps, initial=min(start, steps), desc=config.network, unit="step", dynamic_ncols=True)
-    step, latest_val, began = start, {}, time.monotonic()
-    for phase, begin, end in phase_schedule(phases, steps):
-        if end <= step:
-            continue
-        trainer.start_phase(phase)
-        if checkpoint is not None and checkpoint["phase"] == phase.name and begin <= start:
-            trainer.load_optimizer_states(checkpoint)
-        mean = RunningMean()
-        while step < end and not (deadline is not None and time.monotonic() >= deadline):
-            mean.add(trainer.step(*batches.next()))
-            step += 1
-            progress.update(1)
-            if step % config.log_every == 0 or step == end:
-                values = mean.pop()
-                log.append(step, phase.name, values)
-                progress.set_postfix(phase=phase.name, loss=f"{values['g_total']:.4f}")
-            if validation is not None and step % val_every == 0:
-                latest_val = trainer.evaluate(*validation, recipe.batch_size)
-                log.append(step, "val", latest_val)
-            if step % config.checkpoint_every == 0 and step < steps:
-                save_checkpoint(out_dir / CHECKPOINT, trainer, batches, step, config, d_config)
-                export(trainer.generator, out_dir, config.export_dtype)
-        if step < end:  # the time budget ran out inside this phase
-            if mean.count:
-                log.append(step, phase.name, mean.pop())
-            break
-    progress.close()
+    step, latest_val, began, began_cpu = start, {}, time.monotonic(), time.process_time()
+    stop = StopRequest.install()  # SIGTERM / SIGINT: stop after this step, as a spent budget does
+    try:
+        for phase, begin, end in phase_schedule(phases, steps):
+            if end <= step:
+                continue
+            trainer.start_phase(phase)
+            if checkpoint is not None and checkpoint["phase"] == phase.name and begin <= start:
+                trainer.load_optimizer_states(checkpoint)
+            mean = RunningMean()
+            while step < end and not stop.requested and not (deadline is not None and time.monotonic() >= deadline):
+                mean.add(trainer.step(*batches.next()))
+                step += 1
+                progress.update(1)
+                if step % config.log_every == 0 or step == end:
+                    values = mean.pop()
+                    log.append(step, phase.name, values)
+                    progress.set_postfix(phase=phase.name, loss=f"{values['g_total']:.4f}")
+                if validation is not None and step % val_every == 0:
+                    latest_val = trainer.evaluate(*validation, recipe.batch_size)
+                    log.append(step, "val", latest_val)
+                if step % config.checkpoint_every == 0 and step < steps:
+                    save_checkpoint(out_dir / CHECKPOINT, trainer, batches, step, config, d_config)
+                    export(trainer.generator, out_dir, config.export_dtype)
+            if step < end:  # the time budget ran out inside this phase
+                if mean.count:
+                    log.append(step, phase.name, mean.pop())
+                break
+    finally:
+        progress.close()
+        stop.uninstall()
     if step > start:  # (a resumed run already at its last step has nothing new to save)
         if validation is not None and step % val_every != 0:
             latest_val = trainer.evaluate(*validation, recipe.batch_size)
@@ -672,16 +723,19 @@ def train(config: TrainingConfig) -> Path:
     export(trainer.generator, out_dir, config.export_dtype)
     plot_curves(out_dir / LOSSES_CSV, out_dir / CURVES_PNG, config.network)
     elapsed = time.monotonic() - began
-    status = "finished" if step >= steps else f"stopped by the {config.minutes:g}-minute budget (--resume continues)"
+    status = ("finished" if step >= steps else "stopped on request (--resume continues)" if stop.requested
+              else f"stopped by the {config.minutes:g}-minute budget (--resume continues)")
     terms = ", ".join(f"{k} {v:.4f}" for k, v in latest_val.items())
     with open(out_dir / HISTORY, "a") as f:
         f.write(json.dumps({
             "from_step": start, "to_step": step, "total_steps": steps, "phase": phase_of(phases, steps, step),
             "images": (step - start) * recipe.batch_size, "minutes": round(elapsed / 60, 2),
+            "cpu_minutes": round((time.process_time() - began_cpu) / 60, 2),
             "images_per_second": round((step - start) * recipe.batch_size / max(elapsed, 1e-9), 2),
             "image_size": recipe.image_size, "batch_size": recipe.batch_size, "precision": trainer.precision,
             "threads": torch.get_num_threads(), "device": str(device), "init": config.init, "resume": config.resume,
-            "stopped_by_budget": step < steps, "validation": latest_val}) + "\n")
+            "stopped_by_budget": step < steps and not stop.requested, "stopped_on_request": stop.requested,
+            "validation": latest_val}) + "\n")
     tqdm.write(f"{config.network}: {status} at step {step}/{steps} ({phase_of(phases, steps, step)}), "
                f"{(step - start) * recipe.batch_size} images in {elapsed / 60:.1f} min "
                f"({(step - start) * recipe.batch_size / max(elapsed, 1e-9):.1f} img/s, {trainer.precision}, "

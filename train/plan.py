@@ -113,6 +113,12 @@ def read_history(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
+def stage_cpu_minutes(history: dict) -> float:
+    """A finished stage's CPU time: measured (``cpu_minutes``, the process's CPU time) where the run recorded it,
+    else its wall-clock minutes, which with one thread on an otherwise idle core are the same."""
+    return history.get("cpu_minutes", history["minutes"])
+
+
 def cpu_minutes(network: str) -> float:
     return sum(stage.minutes for stage in PLAN[network])
 
@@ -190,14 +196,19 @@ def model_card(network: str, root: Path, eval_dir: Path | None, dest: Path) -> s
         "- **Hardware**: the project's 2-core CPU (AMD EPYC Zen 4 with AVX512-BF16), one torch thread per run, bf16 "
         "autocast + channels-last.", "",
         "## Training stages", "",
-        "| stage | phase | size | steps | images | CPU-minutes | images/s | val L1 (ab/110) after |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| stage | phase | size | steps | images | CPU-minutes | images per CPU-second | val L1 (ab/110) after "
+        "| val colourfulness after (truth) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for stage, h in stages:
-        val = h.get("validation", {}).get("val_l1")
+        validation = h.get("validation", {})
+        val = validation.get("val_l1")
+        colourful, truth = validation.get("val_colourfulness"), validation.get("val_colourfulness_truth")
+        minutes = stage_cpu_minutes(h)
         lines.append(f"| {stage.name} | {h['phase']} | {h['image_size']} | {h['from_step']}→{h['to_step']} | "
-                     f"{h['images']} | {h['minutes']:.1f} | {h['images_per_second']:.1f} | "
-                     f"{'' if val is None else f'{val:.4f}'} |")
+                     f"{h['images']} | {minutes:.1f} | {h['images'] / max(minutes * 60, 1e-9):.1f} | "
+                     f"{'' if val is None else f'{val:.4f}'} | "
+                     f"{'' if colourful is None else f'{colourful:.1f} ({truth:.1f})'} |")
     lines += ["", f"Batch {stages[0][1]['batch_size'] if stages else 16}; loss terms and weights per phase: "
               f"`{json.dumps([{p['name']: p['losses']} for p in recipe['phases']])}`.", ""]
     if metrics:
