@@ -206,6 +206,20 @@ def test_resume_of_a_gan_restores_the_discriminator_phase(mini_set, tmp_path):
     assert not torch.equal(d_before[key], state["discriminator"][key])  # it went on training the same D
 
 
+def test_a_resumed_run_takes_its_own_learning_rates(mini_set, tmp_path):
+    """``--resume --lr X --d-lr Y`` trains on at X and Y, not at the checkpoint's rates (the optimizer state alone
+    would restore those); the moments still come from the checkpoint."""
+    data = [str(mini_set / "folder")]
+    train(small_run("attention_ugan", data, tmp_path, steps=4, pretrain_share=0.25, lr=1e-3, discriminator_lr=1e-3))
+    moments = torch.load(tmp_path / "attention_ugan" / CHECKPOINT, weights_only=False)["generator_optimizer"]["state"]
+    train(small_run("attention_ugan", data, tmp_path, steps=5, resume=True, pretrain_share=0.25, lr=2e-4,
+                    discriminator_lr=3e-5))
+    state = torch.load(tmp_path / "attention_ugan" / CHECKPOINT, weights_only=False)
+    assert [g["lr"] for g in state["generator_optimizer"]["param_groups"]] == [2e-4]
+    assert [g["lr"] for g in state["discriminator_optimizer"]["param_groups"]] == [3e-5]
+    assert state["generator_optimizer"]["state"][0]["step"] == moments[0]["step"] + 1  # the moments went on
+
+
 def test_resume_without_checkpoint_is_a_clear_error(mini_set, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(small_run("cnn", [str(mini_set / "folder")], tmp_path, resume=True))

@@ -457,10 +457,17 @@ class Trainer:
         return state
 
     def load_optimizer_states(self, state: dict) -> None:
-        """Optimizer moments from a checkpoint taken in the current phase."""
-        self.generator_optimizer.load_state_dict(state["generator_optimizer"])
+        """Optimizer moments from a checkpoint taken in the current phase. The learning rates and betas stay this
+        run's (the phase's settings): ``load_state_dict`` would bring back the checkpoint's, and a resumed run
+        given another ``--lr`` / ``--d-lr`` would silently keep the old ones."""
+        pairs = [(self.generator_optimizer, state["generator_optimizer"], self.phase.optimizer)]
         if self.discriminator_optimizer is not None:
-            self.discriminator_optimizer.load_state_dict(state["discriminator_optimizer"])
+            pairs.append((self.discriminator_optimizer, state["discriminator_optimizer"],
+                          self.phase.discriminator_optimizer))
+        for optimizer, saved, settings in pairs:
+            optimizer.load_state_dict(saved)
+            for group in optimizer.param_groups:
+                group["lr"], group["betas"] = settings.lr, settings.betas
 
 
 def make_adam(model: nn.Module, settings: Adam) -> torch.optim.Optimizer:
