@@ -15,6 +15,7 @@ import io
 import logging
 import os
 import re
+import threading
 import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import gradio as gr
 import torch
-from gradio.processing_utils import save_bytes_to_cache
+from gradio.processing_utils import hash_bytes
 from PIL import Image, UnidentifiedImageError
 
 import colorizers
@@ -178,6 +179,24 @@ def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG", compress_level=1)  # lossless (the L stays exact); level 1 is 5x faster than 6
     return buffer.getvalue()
+
+
+def save_bytes_to_cache(data: bytes, file_name: str, cache_dir: str) -> str:
+    """``data`` as ``cache_dir/<hash of data>/file_name`` (the layout of Gradio's own cache, so Gradio serves and
+    cleans it up), written once: Gradio's ``save_bytes_to_cache`` rewrites the file in place every time, so two
+    visitors colorizing the same photo with the same model (identical bytes, one path) could download a file that
+    is being truncated and written again. Here an existing file is only touched (for the cache's age-based
+    clean-up), and a new one appears whole (a temporary file renamed into place)."""
+    folder = Path(cache_dir) / hash_bytes(data)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / Path(file_name).name
+    if path.is_file() and path.stat().st_size == len(data):  # the same name under the same content hash
+        os.utime(path)
+        return str(path.resolve())
+    temporary = folder / f".{path.name}.{os.getpid()}.{threading.get_ident()}.part"
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+    return str(path.resolve())
 
 
 def _stem(path: str | os.PathLike) -> str:
