@@ -25,6 +25,13 @@ rate of 1e-4 in ParaColorizer's adversarial phase (the recipe's 2e-4 made garish
 the discriminator at 5e-5 (the recipe: 2e-4), and ``attention_ugan`` at ``base_width=16`` (2.2 M parameters
 instead of 8.7 M: the full width trains at 4 images/s per core adversarially). Every such choice is in the
 stage's arguments, and from there in ``training_config.json`` and the model card.
+
+Session 2 rebalanced ParaColorizer's adversarial phase (``COLOUR_UP`` then ``SETTLE`` below): with pix2pix's
+lambda = 100 and the lowered rates, 200 adversarial steps had barely moved the L1 generators' sepia (val
+colourfulness ~20 against the truth's ~38-42), so a stretch at a lower L1 weight lifted the colours and lambda 100
+at still lower rates (G 5e-5, D 2e-5) settled them. The weights of each stage are watched on validation
+colourfulness and L1 every 100 steps (``losses.csv``). Stages stopped by hand (``kill``, which stops a run cleanly
+after its step) have their measured length in the history and their exact step count in the model card.
 """
 from __future__ import annotations
 
@@ -108,6 +115,10 @@ PLAN: dict[str, tuple[Stage, ...]] = {
         Stage("adversarial 128", "augan_adv", ("--init", "{root}/augan_pre", "--size", "128", "--steps", "100000"), 10),
         Stage("adversarial 256", "augan_adv", ("--init", "{root}/augan_pre", "--size", "256", "--steps", "100000",
                                                "--resume"), 5),
+        Stage("adversarial 128, continued", "augan_adv", ("--init", "{root}/augan_pre", "--size", "128", "--steps",
+                                                          "100000", "--resume"), 28),
+        Stage("adversarial 256, continued", "augan_adv", ("--init", "{root}/augan_pre", "--size", "256", "--steps",
+                                                          "100000", "--resume"), 6),
     ),
 }
 #: The proposals the foreground stages train on (``train.proposals``), made before them.
