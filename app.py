@@ -24,7 +24,7 @@ from pathlib import Path
 
 import gradio as gr
 import torch
-from gradio.processing_utils import hash_bytes
+from gradio.processing_utils import hash_file
 from PIL import Image, UnidentifiedImageError
 
 import colorizers
@@ -181,22 +181,33 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def save_bytes_to_cache(data: bytes, file_name: str, cache_dir: str) -> str:
-    """``data`` as ``cache_dir/<hash of data>/file_name`` (the layout of Gradio's own cache, so Gradio serves and
-    cleans it up), written once: Gradio's ``save_bytes_to_cache`` rewrites the file in place every time, so two
-    visitors colorizing the same photo with the same model (identical bytes, one path) could download a file that
-    is being truncated and written again. Here an existing file is only touched (for the cache's age-based
-    clean-up), and a new one appears whole (a temporary file renamed into place)."""
-    folder = Path(cache_dir) / hash_bytes(data)
+def _place_in_cache(temporary: Path, file_name: str, cache_dir: str) -> str:
+    """Move a finished file to ``cache_dir/<hash of its content>/file_name`` (the layout of Gradio's own cache, so
+    Gradio serves it and cleans it up) and return that path. Written once: when the same content is there under
+    the same name already (two visitors colorizing the same photo with the same model), the file someone may be
+    downloading is only touched (for the cache's age-based clean-up), never rewritten; a new file appears whole."""
+    folder = Path(cache_dir) / hash_file(temporary)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / Path(file_name).name
-    if path.is_file() and path.stat().st_size == len(data):  # the same name under the same content hash
+    if path.is_file() and path.stat().st_size == temporary.stat().st_size:
+        temporary.unlink()
         os.utime(path)
-        return str(path.resolve())
-    temporary = folder / f".{path.name}.{os.getpid()}.{threading.get_ident()}.part"
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    else:
+        os.replace(temporary, path)
     return str(path.resolve())
+
+
+def _temporary_path(cache_dir: str, file_name: str) -> Path:
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    return Path(cache_dir) / f".{Path(file_name).name}.{os.getpid()}.{threading.get_ident()}.part"
+
+
+def save_bytes_to_cache(data: bytes, file_name: str, cache_dir: str) -> str:
+    """``data`` in Gradio's cache as ``file_name`` (``_place_in_cache``). Gradio's own ``save_bytes_to_cache``
+    rewrites the file in place every time, racing with downloads of identical results."""
+    temporary = _temporary_path(cache_dir, file_name)
+    temporary.write_bytes(data)
+    return _place_in_cache(temporary, file_name, cache_dir)
 
 
 def _stem(path: str | os.PathLike) -> str:
@@ -215,13 +226,14 @@ def save_comparison(comparison: Comparison, stem: str, cache_dir: str,
         pngs = dict(zip(images, pool.map(_png, images.values())))
     names = {key: f"{stem}-{key}.png" for key in pngs}
     paths = {key: save_bytes_to_cache(data, names[key], cache_dir) for key, data in pngs.items()}
-    archive = io.BytesIO()
+    zip_name = f"{stem}-colorized.zip"
+    archive = _temporary_path(cache_dir, zip_name)  # straight to disk: no in-memory copy of every PNG at 16 MP
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:  # PNGs are compressed already
         for key, data in pngs.items():
             zf.writestr(names[key], data)
         if scores is not None:
             zf.writestr("metrics.csv", reference.csv_text([(stem, s) for s in scores.values()], with_means=False))
-    zip_path = save_bytes_to_cache(archive.getvalue(), f"{stem}-colorized.zip", cache_dir)
+    zip_path = _place_in_cache(archive, zip_name, cache_dir)
     original_path = None
     if scores is not None and original is not None:
         original_path = save_bytes_to_cache(_png(original), f"{stem}-original.png", cache_dir)

@@ -261,15 +261,17 @@ def test_cli_stops_before_work_when_a_model_has_no_weights(photo, tmp_path, caps
 
 def test_a_cached_result_is_written_once_and_appears_whole(tmp_path, monkeypatch):
     """Identical results (two visitors, the same photo and model) share one cache path: the second save must not
-    rewrite the file another download may be reading, and a new file appears only complete (renamed into place)."""
+    replace or rewrite the file another download may be reading, and a new file appears only complete (written
+    beside it, then renamed into place)."""
     import pathlib
-    first = app.save_bytes_to_cache(b"\x89PNG result", "photo-cnn.png", str(tmp_path))
-    assert pathlib.Path(first).read_bytes() == b"\x89PNG result"
+    first = pathlib.Path(app.save_bytes_to_cache(b"\x89PNG result", "photo-cnn.png", str(tmp_path)))
+    inode = first.stat().st_ino
     writes = []
     original_write = pathlib.Path.write_bytes
     monkeypatch.setattr(pathlib.Path, "write_bytes", lambda self, data: writes.append(self) or original_write(self, data))
-    assert app.save_bytes_to_cache(b"\x89PNG result", "photo-cnn.png", str(tmp_path)) == first and writes == []
+    assert app.save_bytes_to_cache(b"\x89PNG result", "photo-cnn.png", str(tmp_path)) == str(first)
+    assert first.stat().st_ino == inode and first.read_bytes() == b"\x89PNG result"  # the same file, untouched
     other = app.save_bytes_to_cache(b"\x89PNG other", "photo-cnn.png", str(tmp_path))
-    assert other != first and pathlib.Path(other).read_bytes() == b"\x89PNG other"
-    assert [p.name.endswith(".part") for p in writes] == [True]  # written beside, then renamed
+    assert other != str(first) and pathlib.Path(other).read_bytes() == b"\x89PNG other"
+    assert writes and all(p.name.endswith(".part") and p.parent == tmp_path for p in writes)  # never in place
     assert not list(tmp_path.rglob("*.part"))
