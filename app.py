@@ -263,6 +263,7 @@ def run_comparison(path, names, available: dict[str, Colorizer], settings: Setti
     image = read_image(path, settings.max_pixels, settings.max_side)
     original = reference.colour_original(image)
     comparison = colorize_checked(image, models)
+    del image  # the decoded upload (48 MB at the cap) is not needed while scoring and saving
     scores = None
     if original is not None:
         scores = reference.score(original, {name: result.image for name, result in comparison.results.items()})

@@ -23,10 +23,10 @@ SSIM_SIGMA = 1.5    # Gaussian window of Wang et al. (2004): sigma 1.5, truncate
 SSIM_RADIUS = 5
 SSIM_MIN_SIZE = 2 * SSIM_RADIUS + 1
 SSIM_K1, SSIM_K2 = 0.01, 0.03
-#: Pixels per image in one band of rows. Half a megapixel keeps a band's temporaries to about 200 MB (SSIM's, the
-#: largest, measured on 2 CPU threads; a megapixel took 300 MB); SSIM's 10-row window margin then adds about 2 %
-#: work on a 4,600-pixel-wide photo.
-BAND_PIXELS = 1 << 19
+#: Pixels per image in one band of rows. A quarter megapixel keeps a band's temporaries near 100 MB (SSIM's, the
+#: largest; half a megapixel took about 200 MB and put reference mode's 16 MP six-model request at 1995 MiB, a
+#: megapixel 300 MB); SSIM's 10-row window margin then adds about 4 % work on a 4,600-pixel-wide photo.
+BAND_PIXELS = 1 << 18
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
