@@ -37,8 +37,9 @@ def test_every_network_ships_with_weights_config_and_model_card(network):
     for name in ("config.json", "model.safetensors", "README.md"):
         assert (folder / name).is_file(), f"assets/weights/{network}/{name} is missing"
     card = (folder / "README.md").read_text()
-    for section in ("## Training stages", "## Validation metrics", "## Reproduce", "python -m train "):
+    for section in ("## Training stages", "## Validation metrics", "## Examples", "## Reproduce", "python -m train "):
         assert section in card, f"the model card of {network} lacks {section!r}"
+    assert (folder / "../../results/examples.png").resolve().is_file()  # the grid the card shows
     json.loads((folder / "config.json").read_text())
 
 

@@ -249,7 +249,10 @@ def model_card(network: str, root: Path, eval_dir: Path | None, dest: Path) -> s
                 r = metrics[name]
                 lines.append(f"| {name} | {r['delta_colourfulness']} | {r['fid']} | {r['lpips']} | {r['psnr']} | "
                              f"{r['ssim']} | {r['colourfulness']} |")
-        lines += ["", "The example grid of all six models is `assets/results/examples.png` (project README).", ""]
+        lines += ["", "## Examples", "",
+                  "Grey input, the six models and the ground truth on the first val photos (`train.evaluate "
+                  "--examples 8`; the project README discusses them):", "",
+                  "![grey input, the six models and the ground truth](../../results/examples.png)", ""]
     lines += ["## Reproduce", "", "From the repository root, on the colorize256 data next to it (`../shared/data`); "
               "the step counts are the ones this run reached, so the commands repeat it step for step:", "",
               "```bash"]
