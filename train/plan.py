@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import colorizers
+from train import evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = "../shared/data/colorize256/manifest.csv"
@@ -195,6 +196,13 @@ def _stage_rows(network: str, root: Path) -> list[tuple[Stage, dict]]:
     return rows
 
 
+def _metric_cell(value: str, decimals: int) -> str:
+    try:
+        return f"{float(value):.{decimals}f}"
+    except ValueError:
+        return value or "n/a"
+
+
 def _metrics_rows(eval_dir: Path | None) -> dict[str, dict[str, str]]:
     if eval_dir is None or not (eval_dir / "metrics.csv").is_file():
         return {}
@@ -240,8 +248,12 @@ def model_card(network: str, root: Path, eval_dir: Path | None, dest: Path) -> s
                      f"{h['images']} | {minutes:.1f} | {h['images'] / max(minutes * 60, 1e-9):.1f} | "
                      f"{'' if val is None else f'{val:.4f}'} | "
                      f"{'' if colourful is None else f'{colourful:.1f} ({truth:.1f})'} |")
-    lines += ["", f"Batch {stages[0][1]['batch_size'] if stages else 16}; loss terms and weights per phase: "
-              f"`{json.dumps([{p['name']: p['losses']} for p in recipe['phases']])}`.", ""]
+    final_phase = stages[-1][1]["phase"] if stages else None
+    weights = [p["losses"] for p in recipe["phases"] if p["name"] == final_phase]
+    lines += ["", f"Batch {stages[0][1]['batch_size'] if stages else 16}. Loss terms and weights of the final stage "
+              f"({final_phase}): `{json.dumps(weights[0] if weights else {})}`; each stage's own settings "
+              "(`--loss-weight`, `--lr`, `--d-lr`) are in its command under Reproduce, the recipe's in "
+              "`train/recipes.py`.", ""]
     if metrics:
         lines += ["## Validation metrics (val split, 256 x 256, `python -m train.evaluate`)", "",
                   "| model | Δ Colourful ↓ | FID ↓ | LPIPS ↓ | PSNR ↑ | SSIM ↑ | Colourfulness |",
@@ -249,8 +261,8 @@ def model_card(network: str, root: Path, eval_dir: Path | None, dest: Path) -> s
         for name in [*models, "grayscale", "ground_truth"]:
             if name in metrics:
                 r = metrics[name]
-                lines.append(f"| {name} | {r['delta_colourfulness']} | {r['fid']} | {r['lpips']} | {r['psnr']} | "
-                             f"{r['ssim']} | {r['colourfulness']} |")
+                cells = [_metric_cell(r.get(field, ""), decimals) for field, _, decimals in evaluate.COLUMNS]
+                lines.append(f"| {name} | {' | '.join(cells)} |")
         lines += ["", "## Examples", "",
                   "Grey input, the six models and the ground truth on the first val photos (`train.evaluate "
                   "--examples 8`; the project README discusses them):", "",
