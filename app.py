@@ -24,7 +24,7 @@ from pathlib import Path
 
 import gradio as gr
 import torch
-from gradio.processing_utils import hash_file
+from gradio.processing_utils import hash_bytes, hash_file
 from PIL import Image, UnidentifiedImageError
 
 import colorizers
@@ -181,12 +181,13 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def _place_in_cache(temporary: Path, file_name: str, cache_dir: str) -> str:
+def _place_in_cache(temporary: Path, file_name: str, cache_dir: str, digest: str | None = None) -> str:
     """Move a finished file to ``cache_dir/<hash of its content>/file_name`` (the layout of Gradio's own cache, so
     Gradio serves it and cleans it up) and return that path. Written once: when the same content is there under
     the same name already (two visitors colorizing the same photo with the same model), the file someone may be
-    downloading is only touched (for the cache's age-based clean-up), never rewritten; a new file appears whole."""
-    folder = Path(cache_dir) / hash_file(temporary)
+    downloading is only touched (for the cache's age-based clean-up), never rewritten; a new file appears whole.
+    ``digest``: the content's hash when the caller has it (else the file is read back to hash it)."""
+    folder = Path(cache_dir) / (digest or hash_file(temporary))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / Path(file_name).name
     if path.is_file() and path.stat().st_size == temporary.stat().st_size:
@@ -207,7 +208,7 @@ def save_bytes_to_cache(data: bytes, file_name: str, cache_dir: str) -> str:
     rewrites the file in place every time, racing with downloads of identical results."""
     temporary = _temporary_path(cache_dir, file_name)
     temporary.write_bytes(data)
-    return _place_in_cache(temporary, file_name, cache_dir)
+    return _place_in_cache(temporary, file_name, cache_dir, hash_bytes(data))
 
 
 def _stem(path: str | os.PathLike) -> str:

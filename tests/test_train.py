@@ -233,6 +233,19 @@ def test_init_fine_tunes_a_trained_generator_without_pretraining(mini_set, train
     assert config == json.loads((trained / "attention_ugan" / "config.json").read_text())
 
 
+def test_validation_reports_the_colourfulness_of_outputs_and_truth(mini_set, tmp_path):
+    """A colorizer's validation rows carry the mean colourfulness of its colours and of the held-out truth (what
+    shows a GAN drifting grey or garish); the truth's is the metric of the validation images themselves."""
+    from colorizers.metrics import colourfulness
+    from train.data import read_images
+    data = [str(mini_set / "folder")]
+    out = train(small_run("cnn", data, tmp_path, steps=2, val_data=data, split=None, max_val_images=4))
+    val = [r for r in read_loss_log(out / LOSSES_CSV) if r["phase"] == "val"][-1]
+    images = read_images(data, split="val", size=SIZE, max_images=4).images.float() / 255.0
+    assert float(val["val_colourfulness_truth"]) == pytest.approx(float(colourfulness(images).mean()), rel=1e-4)
+    assert float(val["val_colourfulness"]) >= 0 and float(val["val_l1"]) > 0
+
+
 def test_cli_trains_with_validation_and_reports_errors(mini_set, tmp_path, capsys):
     args = ["paracolorizer_fusion", "--data", str(mini_set / "folder"), "--out", str(tmp_path), "--steps", "2",
             "--size", "32", "--config", "width=4", "--batch-size", "2", "--val-data", str(mini_set / "folder"),

@@ -715,7 +715,7 @@ def train(config: TrainingConfig) -> Path:
                 if step % config.checkpoint_every == 0 and step < steps:
                     save_checkpoint(out_dir / CHECKPOINT, trainer, batches, step, config, d_config)
                     export(trainer.generator, out_dir, config.export_dtype)
-            if step < end:  # the time budget ran out inside this phase
+            if step < end:  # the time budget ran out, or a stop was requested, inside this phase
                 if mean.count:
                     log.append(step, phase.name, mean.pop())
                 break
