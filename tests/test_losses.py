@@ -8,7 +8,8 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from train.losses import IGNORE_LABEL, EdgeLoss, GANLoss, SSIMLoss, masked_cross_entropy
+from colorizers.color import AB_SCALE, lab_to_rgb
+from train.losses import IGNORE_LABEL, EdgeLoss, GANLoss, RebalancedL1, SSIMLoss, masked_cross_entropy
 
 
 def smooth_image(seed: int = 0, size: int = 32) -> torch.Tensor:
@@ -73,3 +74,35 @@ def test_masked_cross_entropy_ignores_unlabelled_images():
     assert masked_cross_entropy(logits, labels).item() == pytest.approx(expected.item())
     none_known = masked_cross_entropy(logits, torch.full((3,), IGNORE_LABEL))
     assert none_known.item() == 0.0 and not np.isnan(none_known.item())
+
+
+def _lab_image(l: float, a: float, b: float, size: int = 8) -> torch.Tensor:
+    """A (1, 3, size, size) uint8 RGB image of one Lab colour."""
+    lab = torch.tensor([l, a, b], dtype=torch.float32).view(1, 3, 1, 1).expand(1, 3, size, size)
+    return (lab_to_rgb(lab) * 255).round().to(torch.uint8)
+
+
+def test_rebalanced_l1_weights_rare_colours_more_and_keeps_the_scale_of_l1():
+    """Zhang et al. 2016 2.2: a colour seen rarely in training weighs more than a common one, the expected
+    weight under the training distribution is 1, and with mix = 1 (a uniform prior) it is plain L1."""
+    grey, blue = _lab_image(50, 5, 5), _lab_image(50, 15, -55)
+    images = torch.cat([grey] * 9 + [blue])           # 90 % grey pixels, 10 % saturated blue
+    prior = RebalancedL1.prior_of(images, size=8)
+    assert float(prior.sum()) == 10 * 64 and int((prior > 0).sum()) == 2
+    loss = RebalancedL1(prior)
+    ab = lambda a, b: torch.tensor([a, b]).view(1, 2, 1, 1).expand(1, 2, 4, 4) / AB_SCALE
+    w_grey, w_blue = float(loss.pixel_weights(ab(5, 5)).mean()), float(loss.pixel_weights(ab(15, -55)).mean())
+    assert w_blue > 1.5 * w_grey
+    assert float(loss.prior.sum()) == pytest.approx(1.0, abs=1e-3)  # gaussian-smoothed, still (almost) all mass
+    assert float((loss.prior * loss.weights).sum()) == pytest.approx(1.0, rel=1e-5)
+    # the same error costs more on the rare colour
+    error = torch.full((1, 2, 4, 4), 0.1)
+    assert float(loss(ab(15, -55) + error, ab(15, -55))) > 1.5 * float(loss(ab(5, 5) + error, ab(5, 5)))
+    uniform = RebalancedL1(prior, mix=1.0)
+    target, prediction = ab(15, -55), ab(5, 5)
+    assert float(uniform(prediction, target)) == pytest.approx(float((prediction - target).abs().mean()), rel=1e-5)
+
+
+def test_rebalanced_l1_refuses_an_empty_prior():
+    with pytest.raises(ValueError, match="histogram"):
+        RebalancedL1(torch.zeros(RebalancedL1.BINS, RebalancedL1.BINS))

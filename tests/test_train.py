@@ -246,6 +246,22 @@ def test_validation_reports_the_colourfulness_of_outputs_and_truth(mini_set, tmp
     assert float(val["val_colourfulness"]) >= 0 and float(val["val_l1"]) > 0
 
 
+def test_a_cnn_trains_on_the_rebalanced_l1_and_still_reports_plain_l1(mini_set, tmp_path):
+    """``--loss-weight l1=0 --loss-weight l1_rebalanced=1`` trains a CNN baseline on the rebalanced L1 alone:
+    plain L1 is then not computed in the step but still reported in validation; a recipe whose every term is
+    switched off is refused."""
+    data = [str(mini_set / "folder")]
+    out = train(small_run("cnn", data, tmp_path, steps=3, val_data=data, split=None, max_val_images=4,
+                          loss_weights={"l1": 0.0, "l1_rebalanced": 1.0}))
+    rows = read_loss_log(out / LOSSES_CSV)
+    steps = [r for r in rows if r["phase"] != "val"]
+    assert all(float(r["g_l1_rebalanced"]) > 0 and "g_l1" not in r for r in steps)
+    val = [r for r in rows if r["phase"] == "val"][-1]
+    assert float(val["val_l1"]) > 0 and float(val["val_l1_rebalanced"]) > 0
+    with pytest.raises(ValueError, match="weight 0"):
+        train(small_run("cnn", data, tmp_path / "none", steps=1, split=None, loss_weights={"l1": 0.0}))
+
+
 def test_cli_trains_with_validation_and_reports_errors(mini_set, tmp_path, capsys):
     args = ["paracolorizer_fusion", "--data", str(mini_set / "folder"), "--out", str(tmp_path), "--steps", "2",
             "--size", "32", "--config", "width=4", "--batch-size", "2", "--val-data", str(mini_set / "folder"),

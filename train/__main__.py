@@ -95,6 +95,9 @@ def parse_args(argv: list[str] | None = None) -> TrainingConfig:
     g.add_argument("--d-lr", dest="discriminator_lr", type=float, help="discriminator learning rate")
     g.add_argument("--loss-weight", dest="loss_weights", action="append", type=key_value, default=[],
                    metavar="TERM=WEIGHT", help="override a loss term's weight, e.g. ssim=10")
+    g.add_argument("--rebalance-mix", type=float, default=0.5, metavar="MIX",
+                   help="l1_rebalanced: the uniform share of the colour prior (Zhang et al. 2016's lambda; 1 is plain "
+                        "L1, lower weights rare colours more; default: %(default)s)")
     g.add_argument("--pretrain-share", type=float, help="share of the steps that pre-train a GAN's generator")
     g.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     g.add_argument("--compile", action="store_true", help="torch.compile the networks")

@@ -46,7 +46,8 @@ from colorizers.metrics import colourfulness
 
 from .data import ImageSet, read_images
 from .imagenet_init import calibration_l_norm, check_encoder_init, init_encoder_from_imagenet
-from .losses import IGNORE_LABEL, EdgeLoss, GANLoss, SSIMLoss, l1_loss, masked_cross_entropy, mse_loss
+from .losses import (IGNORE_LABEL, EdgeLoss, GANLoss, RebalancedL1, SSIMLoss, l1_loss, masked_cross_entropy,
+                     mse_loss)
 from .recipes import Adam, Phase, Recipe, get_recipe
 
 CHECKPOINT = "checkpoint.pt"
@@ -74,6 +75,7 @@ class TrainingConfig:
     discriminator_lr: float | None = None
     loss_weights: dict[str, float] = field(default_factory=dict)  # e.g. {"ssim": 10}: overrides a term's weight
     pretrain_share: float | None = None  # share of steps spent pre-training a GAN's generator
+    rebalance_mix: float = 0.5        # l1_rebalanced: uniform share of the colour prior (losses.RebalancedL1)
     model_config: dict = field(default_factory=dict)          # build_model overrides, e.g. {"width": 16}
     discriminator_config: dict = field(default_factory=dict)  # PatchDiscriminator overrides, e.g. {"ndf": 16}
     split: str | None = "train"       # manifest rows of the training data
@@ -119,7 +121,10 @@ def resolve_recipe(config: TrainingConfig) -> Recipe:
         raise ValueError(f"image size must be a multiple of 32 (the networks down-sample by up to 32), got {image_size}")
     phases = []
     for phase in recipe.phases:
-        losses = {term: config.loss_weights.get(term, w) for term, w in phase.losses.items()}
+        weights = {term: config.loss_weights.get(term, w) for term, w in phase.losses.items()}
+        losses = {term: w for term, w in weights.items() if w != 0}  # a term at weight 0 is not computed
+        if not losses:
+            raise ValueError(f"every loss term of {config.network}'s {phase.name!r} phase has weight 0")
         optimizer = dataclasses.replace(phase.optimizer, lr=config.lr or phase.optimizer.lr)
         d_optimizer = phase.discriminator_optimizer
         if d_optimizer is not None and config.discriminator_lr:
@@ -315,11 +320,19 @@ class Prediction:
     rgb: torch.Tensor | None = None       # DenseFuse reconstruction
 
 
+def validation_terms(recipe: Recipe) -> list[str]:
+    """The loss terms validation reports: the recipe's non-adversarial terms, and plain L1 for every colorizer
+    (also one trained on the rebalanced L1 alone, so runs stay comparable on one number)."""
+    terms = [t for t in recipe.loss_terms if t != "gan"]
+    return ["l1", *terms] if recipe.input == "l" and "l1" not in terms else terms
+
+
 class Trainer:
     """Generator (and discriminator) with their optimizers, and one optimisation step for any recipe phase."""
 
     def __init__(self, recipe: Recipe, generator: nn.Module, device: torch.device, *,
-                 discriminator: nn.Module | None = None, precision: str = "auto", compile: bool = False):
+                 discriminator: nn.Module | None = None, precision: str = "auto", compile: bool = False,
+                 rebalanced_l1: RebalancedL1 | None = None):
         self.recipe = recipe
         self.device = device
         self.precision = resolve_precision(precision, device)
@@ -334,6 +347,7 @@ class Trainer:
         self.gan_loss = GANLoss(recipe.gan_mode) if recipe.gan_mode else None
         self.edge_loss = EdgeLoss()
         self.ssim_loss = SSIMLoss()
+        self.rebalanced_l1 = rebalanced_l1.to(device) if rebalanced_l1 is not None else None
         self.phase: Phase | None = None
         self.generator_optimizer: torch.optim.Optimizer | None = None
         self.discriminator_optimizer: torch.optim.Optimizer | None = None
@@ -380,6 +394,10 @@ class Trainer:
         """One generator loss term of the recipe (see ``recipes.py`` for the names)."""
         if term == "l1":
             return l1_loss(prediction.ab_norm, batch.ab_norm)
+        if term == "l1_rebalanced":
+            if self.rebalanced_l1 is None:
+                raise ValueError("the l1_rebalanced term needs the training colours' prior (Trainer rebalanced_l1)")
+            return self.rebalanced_l1(prediction.ab_norm, batch.ab_norm)
         if term == "ce":
             return masked_cross_entropy(prediction.logits, batch.labels)
         if term == "gan":
@@ -429,7 +447,7 @@ class Trainer:
         L1 terms alone cannot tell a desaturated generator from a garish one, and the adversarial phase is
         balanced by watching both.
         """
-        terms = [t for t in self.recipe.loss_terms if t != "gan"]
+        terms = validation_terms(self.recipe)
         sums = dict.fromkeys(terms, 0.0)
         colourful = self.recipe.input == "l"
         if colourful:
@@ -654,8 +672,11 @@ def train(config: TrainingConfig) -> Path:
     discriminator = PatchDiscriminator(**d_config) if d_config is not None else None
     if checkpoint is not None and discriminator is not None:
         discriminator.load_state_dict(checkpoint["discriminator"])
+    rebalanced_l1 = None
+    if "l1_rebalanced" in recipe.loss_terms:  # the training colours' distribution, from a fixed sample
+        rebalanced_l1 = RebalancedL1(RebalancedL1.prior_of(images.images, seed=config.seed), config.rebalance_mix)
     trainer = Trainer(recipe, generator, device, discriminator=discriminator, precision=config.precision,
-                      compile=config.compile)
+                      compile=config.compile, rebalanced_l1=rebalanced_l1)
     batches = InMemoryBatches(images.images, class_indices(images.labels, class_names), recipe.batch_size,
                               device, config.seed)
     validation = None
@@ -683,7 +704,7 @@ def train(config: TrainingConfig) -> Path:
     if recipe.adversarial:
         columns += ["d_real", "d_fake"]
     if validation is not None:
-        columns += [f"val_{t}" for t in recipe.loss_terms if t != "gan"]
+        columns += [f"val_{t}" for t in validation_terms(recipe)]
         if recipe.input == "l":
             columns += ["val_colourfulness", "val_colourfulness_truth"]
     log = LossLog(out_dir / LOSSES_CSV, columns, keep_until=start if checkpoint is not None else None)

@@ -5,12 +5,18 @@
   least-squares (LSGAN, Mao et al., ParaColorizer III-A "for stable learning").
 - ``EdgeLoss``: ParaColorizer's edge-map loss L_EDGE (III-A), made differentiable.
 - ``SSIMLoss``: DenseFuse's structural term, 1 - SSIM (ParaColorizer III-C).
+- ``RebalancedL1``: L1 with each pixel weighted by the rarity of its true colour (Zhang et al. 2016, section 2.2),
+  which neither paper uses; the CNN baselines' last stages use it against their sepia (``train/plan.py``).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from colorizers.color import AB_SCALE, rgb_to_lab
 
 from .metrics import ssim
 
@@ -103,3 +109,74 @@ class SSIMLoss(nn.Module):
 
     def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return 1.0 - ssim(prediction.float(), target.float(), self.data_range).mean()
+
+
+class RebalancedL1(nn.Module):
+    """L1 on normalised ab with each pixel weighted by the rarity of its ground-truth colour: the class
+    rebalancing of Zhang, Isola and Efros, "Colorful Image Colorization" (ECCV 2016), section 2.2, carried over
+    from their classification over ab bins to regression.
+
+    An L1 regressor predicts the conditional median of the colours a grey pixel could have; natural images are
+    dominated by low-chroma colours, so that median is a brownish grey wherever the network is unsure (DTU 4.1:
+    the CNN "does not generate enough colors"). Weighting each pixel by the inverse of how common its true
+    colour is moves the median towards the rarer, saturated colours. As in Zhang et al.: ab space in bins of 10,
+    the empirical distribution of the training images' colours ``p`` smoothed by a gaussian of sigma 5,
+    mixed with a uniform distribution over the Q bins that occur, w ~ ((1 - mix) p + mix / Q)^-1 with mix = 0.5,
+    and normalised so that the expected weight under ``p`` is 1 (the loss keeps plain L1's scale).
+    """
+
+    BIN = 10.0
+    SIGMA = 5.0
+    BINS = int(2 * AB_SCALE // BIN)  # 22 bins per axis over [-110, 110)
+
+    def __init__(self, prior: torch.Tensor, mix: float = 0.5):
+        super().__init__()
+        if prior.shape != (self.BINS, self.BINS) or float(prior.sum()) <= 0:
+            raise ValueError(f"the colour prior must be a non-empty ({self.BINS}, {self.BINS}) histogram")
+        if not 0.0 < mix <= 1.0:
+            raise ValueError(f"the uniform mix must be in (0, 1], got {mix}")
+        prior = prior.double() / prior.sum()
+        smoothed = _gaussian_smooth(prior, self.SIGMA / self.BIN)
+        occurring = int((prior > 0).sum())
+        weights = 1.0 / ((1.0 - mix) * smoothed + mix / occurring)
+        weights = weights / (smoothed * weights).sum()
+        self.register_buffer("prior", smoothed.float())      # the smoothed distribution the weights come from
+        self.register_buffer("weights", weights.float())
+
+    @classmethod
+    def prior_of(cls, images: torch.Tensor, max_images: int = 2000, size: int = 64, seed: int = 0) -> torch.Tensor:
+        """The (BINS, BINS) histogram of the ab colours of up to ``max_images`` uint8 RGB images (N, 3, H, W),
+        a fixed random sample, each area-averaged to ``size`` (the distribution does not depend on the
+        training size, so a run resumed at another size weights pixels the same)."""
+        generator = torch.Generator().manual_seed(seed)
+        index = torch.randperm(len(images), generator=generator)[:max_images].sort().values
+        histogram = torch.zeros(cls.BINS * cls.BINS, dtype=torch.float64)
+        for chunk in index.split(256):
+            rgb = F.adaptive_avg_pool2d(images[chunk].float() / 255.0, size)
+            ab = rgb_to_lab(rgb)[:, 1:]
+            histogram += torch.bincount(cls._bin_index(ab).flatten(), minlength=cls.BINS * cls.BINS).double()
+        return histogram.reshape(cls.BINS, cls.BINS)
+
+    @classmethod
+    def _bin_index(cls, ab: torch.Tensor) -> torch.Tensor:
+        """Flat bin index (B, H, W) of ab (B, 2, H, W) in ab units."""
+        cells = ((ab.float() + AB_SCALE) / cls.BIN).floor().long().clamp_(0, cls.BINS - 1)
+        return cells[:, 0] * cls.BINS + cells[:, 1]
+
+    def pixel_weights(self, ab_norm: torch.Tensor) -> torch.Tensor:
+        """Weight (B, 1, H, W) of each pixel of the normalised true colours ``ab_norm`` (B, 2, H, W)."""
+        return self.weights.flatten()[self._bin_index(ab_norm.float() * AB_SCALE)].unsqueeze(1)
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Weighted mean |prediction - target| over normalised ab, in float32."""
+        return (self.pixel_weights(target) * (prediction.float() - target.float()).abs()).mean()
+
+
+def _gaussian_smooth(grid: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A 2-D histogram convolved with a gaussian of ``sigma`` cells (zero outside the grid)."""
+    radius = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=grid.dtype)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    out = F.conv2d(grid[None, None], kernel.view(1, 1, 1, -1), padding=(0, radius))
+    return F.conv2d(out, kernel.view(1, 1, -1, 1), padding=(radius, 0))[0, 0]

@@ -5,6 +5,9 @@ generator's loss terms and their weights (``"gan"`` makes the phase adversarial 
 discriminator), the optimizer, and its share of the run's steps. ``engine.py`` turns the names into losses:
 
 - ``l1``: mean |ab - ab_hat| in normalised ab units (ab / 110), DTU eq. 1 / 7, ParaColorizer L_L1;
+- ``l1_rebalanced``: the same with each pixel weighted by the rarity of its true colour (Zhang et al. 2016,
+  section 2.2; ``losses.RebalancedL1``), in no paper's recipe: the CNN baselines list it at weight 0, and
+  ``--loss-weight l1=0 --loss-weight l1_rebalanced=1`` switches a run to it (a term at weight 0 is not computed);
 - ``ce``: cross-entropy of the class logits over labelled images (DTU eq. 2);
 - ``gan``: the generator's adversarial term with the recipe's ``gan_mode``;
 - ``edge``: the edge-map loss of ParaColorizer III-A (``losses.EdgeLoss``), on the colour images;
@@ -80,7 +83,7 @@ RECIPES: dict[str, Recipe] = {
     # DTU 3.1.2-3.1.3: L1 loss, Adam at 1e-4, 100 epochs.
     "cnn": Recipe(
         network="cnn", paper="DTU report 3.1",
-        phases=(Phase("train", {"l1": 1.0}, Adam(1e-4)),),
+        phases=(Phase("train", {"l1": 1.0, "l1_rebalanced": 0.0}, Adam(1e-4)),),
         epochs=100,
     ),
     # DTU 3.2.2-3.2.3: L1 + sigma * CE with sigma = 1/300, Adam at 5e-5, 224x224 input, 200 epochs (best at
@@ -91,7 +94,7 @@ RECIPES: dict[str, Recipe] = {
     # report trains on one labelled ImageNet subset); other images still train colour through L1.
     "cnn_classifier": Recipe(
         network="cnn_classifier", paper="DTU report 3.2",
-        phases=(Phase("train", {"l1": 1.0, "ce": 1.0 / 300.0}, Adam(5e-5)),),
+        phases=(Phase("train", {"l1": 1.0, "l1_rebalanced": 0.0, "ce": 1.0 / 300.0}, Adam(5e-5)),),
         image_size=224, resizable=False, epochs=110, min_class_examples=30,  # 110: the report's best epoch of 200
     ),
     # DTU 3.3.2-3.3.3: conditional PatchGAN with the vanilla (BCE) loss, eq. 6, generator loss cGAN fake
