@@ -30,7 +30,9 @@ Session 2 rebalanced ParaColorizer's adversarial phase (``COLOUR_UP`` then ``SET
 lambda = 100 and the lowered rates, 200 adversarial steps had barely moved the L1 generators' sepia (val
 colourfulness ~20 against the truth's ~38-42), so a stretch at a lower L1 weight lifted the colours and lambda 100
 at still lower rates (G 5e-5, D 2e-5) settled them. The weights of each stage are watched on validation
-colourfulness and L1 every 100 steps (``losses.csv``). Stages stopped by hand (``kill``, which stops a run cleanly
+colourfulness and L1 every 100 steps (``losses.csv``). Session 3 gave ``attention_ugan`` a new adversarial run at
+the lowered rates from its longer L1 pre-training, moved the CNN baselines to the rebalanced L1 (``REBALANCED``),
+and lengthened the generators' 256 x 256 stages. Stages stopped by hand (``kill``, which stops a run cleanly
 after its step) have their measured length in the history and their exact step count in the model card.
 """
 from __future__ import annotations
@@ -256,7 +258,8 @@ def model_card(network: str, root: Path, eval_dir: Path | None, dest: Path) -> s
         f"- **Architecture**: `colorizers.build_model({network!r}, **config)`, config: `{json.dumps(config)}`",
         f"- **Size**: {params / 1e6:.2f} M parameters, {size_mb:.1f} MB as fp16 safetensors",
         f"- **Data**: colorize256 (`{DATA}`), train split, kinds {', '.join(recipe['kinds'])}: "
-        f"{training['num_images']} training images (with object-proposal crops for the foreground model); "
+        f"{training['num_images']} training images"
+        f"{' and their object-proposal crops' if network == 'paracolorizer_fg' else ''}; "
         "validation on 200 images of the val split.",
         "- **Hardware**: the project's 2-core CPU (AMD EPYC Zen 4 with AVX512-BF16), one torch thread per run, bf16 "
         "autocast + channels-last.", "",
