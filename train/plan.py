@@ -92,7 +92,7 @@ PLAN: dict[str, tuple[Stage, ...]] = {
         Stage("adversarial 256, λ 100, lower rates", "bg_adv", ("--init", "{root}/bg_pre", *SETTLE, "--size", "256"), 12),
         # Session 3: stopped after 20 steps to give the core to the CNN baselines, then continued.
         Stage("adversarial 256, λ 100, lower rates, session 3", "bg_adv", ("--init", "{root}/bg_pre", *SETTLE,
-                                                                           "--size", "256"), 28),
+                                                                           "--size", "256"), 3.4),
         Stage("adversarial 256, λ 100, lower rates, session 3 (continued)", "bg_adv",
               ("--init", "{root}/bg_pre", *SETTLE, "--size", "256"), 30),
     ),
