@@ -258,6 +258,7 @@ def test_a_cnn_trains_on_the_rebalanced_l1_and_still_reports_plain_l1(mini_set, 
     assert all(float(r["g_l1_rebalanced"]) > 0 and "g_l1" not in r for r in steps)
     val = [r for r in rows if r["phase"] == "val"][-1]
     assert float(val["val_l1"]) > 0 and float(val["val_l1_rebalanced"]) > 0
+    assert float(val["val_l1_rebalanced"]) != pytest.approx(float(val["val_l1"]), rel=1e-3)  # really re-weighted
     with pytest.raises(ValueError, match="weight 0"):
         train(small_run("cnn", data, tmp_path / "none", steps=1, split=None, loss_weights={"l1": 0.0}))
 
