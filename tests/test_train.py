@@ -263,6 +263,21 @@ def test_a_cnn_trains_on_the_rebalanced_l1_and_still_reports_plain_l1(mini_set, 
         train(small_run("cnn", data, tmp_path / "none", steps=1, split=None, loss_weights={"l1": 0.0}))
 
 
+def test_a_gan_takes_the_rebalanced_l1_in_place_of_its_lambda_l1(mini_set, tmp_path):
+    """The GAN recipes list ``l1_rebalanced`` at weight 0 too: ``l1=0, l1_rebalanced=100`` makes the adversarial
+    generator loss gan + 100 * rebalanced L1 (plan's ``REBALANCED_GAN``), with the discriminator still training."""
+    data = [str(mini_set / "folder")]
+    out = train(small_run("paracolorizer_bg", data, tmp_path, steps=2, pretrain_share=0.0, split=None,
+                          loss_weights={"l1": 0.0, "l1_rebalanced": 100.0}))
+    steps = read_loss_log(out / LOSSES_CSV)
+    assert [r["phase"] for r in steps] == ["adversarial", "adversarial"]
+    for r in steps:
+        assert "g_l1" not in r and float(r["d_real"]) > 0
+        assert float(r["g_total"]) == pytest.approx(float(r["g_gan"]) + 100 * float(r["g_l1_rebalanced"]), rel=1e-4)
+    saved = json.loads((out / TRAINING_CONFIG).read_text())
+    assert saved["recipe"]["phases"][-1]["losses"] == {"gan": 1.0, "l1_rebalanced": 100.0}
+
+
 def test_cli_trains_with_validation_and_reports_errors(mini_set, tmp_path, capsys):
     args = ["paracolorizer_fusion", "--data", str(mini_set / "folder"), "--out", str(tmp_path), "--steps", "2",
             "--size", "32", "--config", "width=4", "--batch-size", "2", "--val-data", str(mini_set / "folder"),

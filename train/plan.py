@@ -69,6 +69,13 @@ SETTLE = ("--lr", "5e-5", "--d-lr", "2e-5", "--loss-weight", "l1=100", "--steps"
 #: 36, LPIPS 0.217 and FID 97.4, worse than grey's 0.206 / 96.1); 0.9 reached 32.3 with LPIPS 0.186 and FID 90.0
 #: (the L1 model: 17.3, 0.178, 85.4).
 REBALANCED = ("--rebalance-mix", "0.9", "--loss-weight", "l1=0", "--loss-weight", "l1_rebalanced=1")
+#: Session 4: the GANs' L1 term rebalanced the same way, at pix2pix's lambda = 100, to lift their colours through the
+#: reconstruction term rather than the adversarial one: attention_ugan's adversarial run had overshot to garish colours
+#: (val colourfulness 47, LPIPS 0.249 against grey's 0.211) while ParaColorizer's generators, and so their fusion
+#: (which averages their colourings, README), stayed short of the truth (31.5 and 34.2; fused 28.7 against 41.9).
+#: The colour-up stretch runs the generator at 1e-4, the finish at 5e-5; the discriminator stays at 2e-5.
+REBALANCED_GAN = ("--d-lr", "2e-5", "--rebalance-mix", "0.9", "--loss-weight", "l1=0",
+                  "--loss-weight", "l1_rebalanced=100", "--steps", "100000")
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,10 @@ PLAN: dict[str, tuple[Stage, ...]] = {
                                                                            "--size", "256"), 3.4),
         Stage("adversarial 256, λ 100, lower rates, session 3 (continued)", "bg_adv",
               ("--init", "{root}/bg_pre", *SETTLE, "--size", "256"), 30),
+        Stage("adversarial 128, rebalanced λ 100", "bg_adv", ("--init", "{root}/bg_pre", *REBALANCED_GAN, "--lr", "1e-4",
+                                                              "--size", "128", "--resume"), 22),
+        Stage("adversarial 256, rebalanced λ 100", "bg_adv", ("--init", "{root}/bg_pre", *REBALANCED_GAN, "--lr", "5e-5",
+                                                              "--size", "256", "--resume"), 14),
     ),
     "paracolorizer_fg": (
         Stage("pretrain 128", "fg_pre", ("--proposals", PROPOSALS, "--size", "128", "--pretrain-share", "1",
@@ -111,6 +122,12 @@ PLAN: dict[str, tuple[Stage, ...]] = {
         Stage("adversarial 256, λ 100, lower rates, session 3", "fg_adv", ("--proposals", PROPOSALS, "--init",
                                                                            "{root}/fg_pre", *SETTLE, "--size", "256"),
               50),
+        Stage("adversarial 128, rebalanced λ 100", "fg_adv", ("--proposals", PROPOSALS, "--init", "{root}/fg_pre",
+                                                              *REBALANCED_GAN, "--lr", "1e-4", "--size", "128",
+                                                              "--resume"), 22),
+        Stage("adversarial 256, rebalanced λ 100", "fg_adv", ("--proposals", PROPOSALS, "--init", "{root}/fg_pre",
+                                                              *REBALANCED_GAN, "--lr", "5e-5", "--size", "256",
+                                                              "--resume"), 14),
     ),
     "paracolorizer_fusion": (
         Stage("train 128", "fusion", ("--size", "128", "--steps", "100000"), 8),
@@ -150,6 +167,14 @@ PLAN: dict[str, tuple[Stage, ...]] = {
                                                                     "--size", "128"), 42),
         Stage("adversarial 256, λ 100, lower rates", "augan_adv3", ("--init", "{root}/augan_pre", *SETTLE,
                                                                     "--size", "256"), 16),
+        # Session 4: at rebalanced lambda 100 and G 1e-4 (run augan_rb_l100, 536 steps, not shipped) validation
+        # colourfulness swung 41, 47, 33 (truth 38) within 15 minutes; lambda 300 at G 5e-5 is calmer.
+        Stage("adversarial 128, rebalanced λ 300", "augan_rb", ("--init", "{root}/augan_pre", *REBALANCED_GAN,
+                                                                "--loss-weight", "l1_rebalanced=300", "--lr", "5e-5",
+                                                                "--size", "128"), 52),
+        Stage("adversarial 256, rebalanced λ 300", "augan_rb", ("--init", "{root}/augan_pre", *REBALANCED_GAN,
+                                                                "--loss-weight", "l1_rebalanced=300", "--lr", "5e-5",
+                                                                "--size", "256", "--resume"), 12),
     ),
 }
 #: The proposals the foreground stages train on (``train.proposals``), made before them.

@@ -6,8 +6,9 @@ discriminator), the optimizer, and its share of the run's steps. ``engine.py`` t
 
 - ``l1``: mean |ab - ab_hat| in normalised ab units (ab / 110), DTU eq. 1 / 7, ParaColorizer L_L1;
 - ``l1_rebalanced``: the same with each pixel weighted by the rarity of its true colour (Zhang et al. 2016,
-  section 2.2; ``losses.RebalancedL1``), in no paper's recipe: the CNN baselines list it at weight 0, and
-  ``--loss-weight l1=0 --loss-weight l1_rebalanced=1`` switches a run to it (a term at weight 0 is not computed);
+  section 2.2; ``losses.RebalancedL1``), in no paper's recipe: every colorizer lists it at weight 0, and
+  ``--loss-weight l1=0 --loss-weight l1_rebalanced=1`` switches a run to it (``=100`` in place of the GANs'
+  lambda * L1; a term at weight 0 is not computed);
 - ``ce``: cross-entropy of the class logits over labelled images (DTU eq. 2);
 - ``gan``: the generator's adversarial term with the recipe's ``gan_mode``;
 - ``edge``: the edge-map loss of ParaColorizer III-A (``losses.EdgeLoss``), on the colour images;
@@ -107,8 +108,8 @@ RECIPES: dict[str, Recipe] = {
     "attention_ugan": Recipe(
         network="attention_ugan", paper="DTU report 3.3",
         phases=(
-            Phase("pretrain", {"l1": 1.0}, Adam(2e-4, (0.5, 0.999)), share=0.25),
-            Phase("adversarial", {"gan": 1.0, "l1": PIX2PIX_L1_WEIGHT}, Adam(2e-4, (0.5, 0.999)), share=0.75,
+            Phase("pretrain", {"l1": 1.0, "l1_rebalanced": 0.0}, Adam(2e-4, (0.5, 0.999)), share=0.25),
+            Phase("adversarial", {"gan": 1.0, "l1": PIX2PIX_L1_WEIGHT, "l1_rebalanced": 0.0}, Adam(2e-4, (0.5, 0.999)), share=0.75,
                   discriminator_optimizer=Adam(2e-5, (0.5, 0.999))),
         ),
         epochs=100, gan_mode="vanilla",
@@ -120,8 +121,8 @@ RECIPES: dict[str, Recipe] = {
     "paracolorizer_fg": Recipe(
         network="paracolorizer_fg", paper="ParaColorizer III-A, IV-A",
         phases=(
-            Phase("pretrain", {"l1": 1.0}, PARACOLORIZER_PRETRAIN, share=0.5),
-            Phase("adversarial", {"gan": 1.0, "edge": 1.0, "l1": PIX2PIX_L1_WEIGHT}, PARACOLORIZER_ADVERSARIAL,
+            Phase("pretrain", {"l1": 1.0, "l1_rebalanced": 0.0}, PARACOLORIZER_PRETRAIN, share=0.5),
+            Phase("adversarial", {"gan": 1.0, "edge": 1.0, "l1": PIX2PIX_L1_WEIGHT, "l1_rebalanced": 0.0}, PARACOLORIZER_ADVERSARIAL,
                   share=0.5, discriminator_optimizer=PARACOLORIZER_ADVERSARIAL),
         ),
         epochs=30, gan_mode="lsgan", uses_proposals=True,
@@ -131,8 +132,8 @@ RECIPES: dict[str, Recipe] = {
     "paracolorizer_bg": Recipe(
         network="paracolorizer_bg", paper="ParaColorizer III-B, IV-A",
         phases=(
-            Phase("pretrain", {"l1": 1.0}, PARACOLORIZER_PRETRAIN, share=0.5),
-            Phase("adversarial", {"gan": 1.0, "l1": PIX2PIX_L1_WEIGHT}, PARACOLORIZER_ADVERSARIAL,
+            Phase("pretrain", {"l1": 1.0, "l1_rebalanced": 0.0}, PARACOLORIZER_PRETRAIN, share=0.5),
+            Phase("adversarial", {"gan": 1.0, "l1": PIX2PIX_L1_WEIGHT, "l1_rebalanced": 0.0}, PARACOLORIZER_ADVERSARIAL,
                   share=0.5, discriminator_optimizer=PARACOLORIZER_ADVERSARIAL),
         ),
         epochs=30, kinds=ALL_KINDS, gan_mode="lsgan",
