@@ -34,8 +34,9 @@ colourfulness and L1 every 100 steps (``losses.csv``). Session 3 gave ``attentio
 the lowered rates from its longer L1 pre-training, moved the CNN baselines to the rebalanced L1 (``REBALANCED``),
 and lengthened the generators' 256 x 256 stages. Session 4 put the GANs on the rebalanced L1 too (``REBALANCED_GAN``):
 ``attention_ugan`` in a new adversarial run at lambda 300, ParaColorizer's generators continued at lambda 100 (128 then
-256), and ``attention_ugan`` and the background generator settled at 256 x 256 with lambda 300 and G at 2e-5. Stages stopped by hand (``kill``, which stops a run cleanly
-after its step) have their measured length in the history and their exact step count in the model card.
+256), and ``attention_ugan`` and the background generator settled at 256 x 256 with lambda 300 and G at 2e-5.
+Stages stopped by hand (``kill``, which stops a run cleanly after its step) have their measured length in the history
+and their exact step count in the model card.
 """
 from __future__ import annotations
 
@@ -71,13 +72,16 @@ SETTLE = ("--lr", "5e-5", "--d-lr", "2e-5", "--loss-weight", "l1=100", "--steps"
 #: 36, LPIPS 0.217 and FID 97.4, worse than grey's 0.206 / 96.1); 0.9 reached 32.3 with LPIPS 0.186 and FID 90.0
 #: (the L1 model: 17.3, 0.178, 85.4).
 REBALANCED = ("--rebalance-mix", "0.9", "--loss-weight", "l1=0", "--loss-weight", "l1_rebalanced=1")
-#: Session 4: the GANs' L1 term rebalanced the same way, at pix2pix's lambda = 100, to lift their colours through the
-#: reconstruction term rather than the adversarial one: attention_ugan's adversarial run had overshot to garish colours
-#: (val colourfulness 47, LPIPS 0.249 against grey's 0.211) while ParaColorizer's generators, and so their fusion
-#: (which averages their colourings, README), stayed short of the truth (31.5 and 34.2; fused 28.7 against 41.9).
-#: The colour-up stretch runs the generator at 1e-4, the finish at 5e-5; the discriminator stays at 2e-5.
-REBALANCED_GAN = ("--d-lr", "2e-5", "--rebalance-mix", "0.9", "--loss-weight", "l1=0",
-                  "--loss-weight", "l1_rebalanced=100", "--steps", "100000")
+#: Session 4: the GANs' L1 term rebalanced the same way (lambda 100 as pix2pix's, or 300 to calm a run, given by the
+#: stage), to lift their colours through the reconstruction term rather than the adversarial one: attention_ugan's
+#: adversarial run had overshot to garish colours (val colourfulness 47, LPIPS 0.249 against grey's 0.211) while
+#: ParaColorizer's generators, and so their fusion (which averages their colourings, README), stayed short of the
+#: truth (31.5 and 34.2; fused 28.7 against 41.9).
+#: The colour-up stretch runs the generator at 1e-4, the finish at 5e-5 and the settling at 2e-5 (lambda 300); the
+#: discriminator stays at 2e-5.
+REBALANCED_GAN = ("--d-lr", "2e-5", "--rebalance-mix", "0.9", "--loss-weight", "l1=0", "--steps", "100000")
+LAMBDA_100 = ("--loss-weight", "l1_rebalanced=100")
+LAMBDA_300 = ("--loss-weight", "l1_rebalanced=300")
 
 
 @dataclass(frozen=True)
@@ -104,12 +108,12 @@ PLAN: dict[str, tuple[Stage, ...]] = {
                                                                            "--size", "256"), 3.4),
         Stage("adversarial 256, λ 100, lower rates, session 3 (continued)", "bg_adv",
               ("--init", "{root}/bg_pre", *SETTLE, "--size", "256"), 30),
-        Stage("adversarial 128, rebalanced λ 100", "bg_adv", ("--init", "{root}/bg_pre", *REBALANCED_GAN, "--lr", "1e-4",
-                                                              "--size", "128", "--resume"), 22),
-        Stage("adversarial 256, rebalanced λ 100", "bg_adv", ("--init", "{root}/bg_pre", *REBALANCED_GAN, "--lr", "5e-5",
-                                                              "--size", "256", "--resume"), 14),
+        Stage("adversarial 128, rebalanced λ 100", "bg_adv", ("--init", "{root}/bg_pre", *REBALANCED_GAN, *LAMBDA_100,
+                                                              "--lr", "1e-4", "--size", "128", "--resume"), 22),
+        Stage("adversarial 256, rebalanced λ 100", "bg_adv", ("--init", "{root}/bg_pre", *REBALANCED_GAN, *LAMBDA_100,
+                                                              "--lr", "5e-5", "--size", "256", "--resume"), 14),
         Stage("adversarial 256, rebalanced λ 300, settle", "bg_adv", ("--init", "{root}/bg_pre", *REBALANCED_GAN,
-                                                                      "--loss-weight", "l1_rebalanced=300", "--lr", "2e-5",
+                                                                      *LAMBDA_300, "--lr", "2e-5",
                                                                       "--size", "256", "--resume"), 22),
     ),
     "paracolorizer_fg": (
@@ -128,10 +132,12 @@ PLAN: dict[str, tuple[Stage, ...]] = {
                                                                            "{root}/fg_pre", *SETTLE, "--size", "256"),
               50),
         Stage("adversarial 128, rebalanced λ 100", "fg_adv", ("--proposals", PROPOSALS, "--init", "{root}/fg_pre",
-                                                              *REBALANCED_GAN, "--lr", "1e-4", "--size", "128",
+                                                              *REBALANCED_GAN, *LAMBDA_100, "--lr", "1e-4",
+                                                              "--size", "128",
                                                               "--resume"), 22),
         Stage("adversarial 256, rebalanced λ 100", "fg_adv", ("--proposals", PROPOSALS, "--init", "{root}/fg_pre",
-                                                              *REBALANCED_GAN, "--lr", "5e-5", "--size", "256",
+                                                              *REBALANCED_GAN, *LAMBDA_100, "--lr", "5e-5",
+                                                              "--size", "256",
                                                               "--resume"), 14),
     ),
     "paracolorizer_fusion": (
@@ -173,13 +179,13 @@ PLAN: dict[str, tuple[Stage, ...]] = {
         # and G 1e-4 (run augan_rb_l100, 536 steps, 15 CPU-minutes) validation colourfulness swung 41, 47, 33
         # (truth 38) within 15 minutes; lambda 300 at G 5e-5 is calmer. Neither is shipped or in the spend table.
         Stage("adversarial 128, rebalanced λ 300", "augan_rb", ("--init", "{root}/augan_pre", *REBALANCED_GAN,
-                                                                "--loss-weight", "l1_rebalanced=300", "--lr", "5e-5",
+                                                                *LAMBDA_300, "--lr", "5e-5",
                                                                 "--size", "128"), 52),
         Stage("adversarial 256, rebalanced λ 300", "augan_rb", ("--init", "{root}/augan_pre", *REBALANCED_GAN,
-                                                                "--loss-weight", "l1_rebalanced=300", "--lr", "5e-5",
+                                                                *LAMBDA_300, "--lr", "5e-5",
                                                                 "--size", "256", "--resume"), 12),
         Stage("adversarial 256, rebalanced λ 300, settle", "augan_rb", ("--init", "{root}/augan_pre", *REBALANCED_GAN,
-                                                                        "--loss-weight", "l1_rebalanced=300", "--lr", "2e-5",
+                                                                        *LAMBDA_300, "--lr", "2e-5",
                                                                         "--size", "256", "--resume"), 22),
     ),
 }
