@@ -109,8 +109,8 @@ RECIPES: dict[str, Recipe] = {
         network="attention_ugan", paper="DTU report 3.3",
         phases=(
             Phase("pretrain", {"l1": 1.0, "l1_rebalanced": 0.0}, Adam(2e-4, (0.5, 0.999)), share=0.25),
-            Phase("adversarial", {"gan": 1.0, "l1": PIX2PIX_L1_WEIGHT, "l1_rebalanced": 0.0}, Adam(2e-4, (0.5, 0.999)), share=0.75,
-                  discriminator_optimizer=Adam(2e-5, (0.5, 0.999))),
+            Phase("adversarial", {"gan": 1.0, "l1": PIX2PIX_L1_WEIGHT, "l1_rebalanced": 0.0}, Adam(2e-4, (0.5, 0.999)),
+                  share=0.75, discriminator_optimizer=Adam(2e-5, (0.5, 0.999))),
         ),
         epochs=100, gan_mode="vanilla",
     ),
@@ -122,8 +122,8 @@ RECIPES: dict[str, Recipe] = {
         network="paracolorizer_fg", paper="ParaColorizer III-A, IV-A",
         phases=(
             Phase("pretrain", {"l1": 1.0, "l1_rebalanced": 0.0}, PARACOLORIZER_PRETRAIN, share=0.5),
-            Phase("adversarial", {"gan": 1.0, "edge": 1.0, "l1": PIX2PIX_L1_WEIGHT, "l1_rebalanced": 0.0}, PARACOLORIZER_ADVERSARIAL,
-                  share=0.5, discriminator_optimizer=PARACOLORIZER_ADVERSARIAL),
+            Phase("adversarial", {"gan": 1.0, "edge": 1.0, "l1": PIX2PIX_L1_WEIGHT, "l1_rebalanced": 0.0},
+                  PARACOLORIZER_ADVERSARIAL, share=0.5, discriminator_optimizer=PARACOLORIZER_ADVERSARIAL),
         ),
         epochs=30, gan_mode="lsgan", uses_proposals=True,
     ),
