@@ -75,6 +75,14 @@ SETTLE = ("--lr", "5e-5", "--d-lr", "2e-5", "--loss-weight", "l1=100", "--steps"
 #: 36, LPIPS 0.217 and FID 97.4, worse than grey's 0.206 / 96.1); 0.9 reached 32.3 with LPIPS 0.186 and FID 90.0
 #: (the L1 model: 17.3, 0.178, 85.4).
 REBALANCED = ("--rebalance-mix", "0.9", "--loss-weight", "l1=0", "--loss-weight", "l1_rebalanced=1")
+
+
+def rebalanced_gan(mix: str) -> tuple[str, ...]:
+    """A GAN stage on gan + lambda * rebalanced L1 (no plain L1), the colour prior mixed with a uniform one at ``mix``;
+    the stage adds its lambda (``LAMBDA_*``) and generator rate."""
+    return ("--d-lr", "2e-5", "--rebalance-mix", mix, "--loss-weight", "l1=0", "--steps", "100000")
+
+
 #: Session 4: the GANs' L1 term rebalanced the same way (lambda 100 as pix2pix's, or 300 to calm a run, given by the
 #: stage), to lift their colours through the reconstruction term rather than the adversarial one: attention_ugan's
 #: adversarial run had overshot to garish colours (val colourfulness 47, LPIPS 0.249 against grey's 0.211) while
@@ -82,7 +90,7 @@ REBALANCED = ("--rebalance-mix", "0.9", "--loss-weight", "l1=0", "--loss-weight"
 #: truth (31.5 and 34.2; fused 28.7 against 41.9).
 #: The colour-up stretch runs the generator at 1e-4, the finish at 5e-5 and the settling at 2e-5 (lambda 300); the
 #: discriminator stays at 2e-5.
-REBALANCED_GAN = ("--d-lr", "2e-5", "--rebalance-mix", "0.9", "--loss-weight", "l1=0", "--steps", "100000")
+REBALANCED_GAN = rebalanced_gan("0.9")
 LAMBDA_100 = ("--loss-weight", "l1_rebalanced=100")
 LAMBDA_300 = ("--loss-weight", "l1_rebalanced=300")
 #: Session 5: attention_ugan stayed above grey's LPIPS after settling at lambda 300 (0.226 against 0.211 on val,
@@ -93,7 +101,7 @@ LAMBDA_1000 = ("--loss-weight", "l1_rebalanced=1000")
 #: colourfulness; a stronger rebalancing of the reconstruction term (uniform share 0.8 instead of 0.9) lifts the
 #: generators' rarer colours without a stronger adversarial term (attention_ugan's lambda 1000 had cost it more
 #: colour than LPIPS needed: 300 val images, colourfulness 36.2 -> 30.8 against the truth's 38.8, LPIPS 0.214 -> 0.185).
-REBALANCED_GAN_08 = ("--d-lr", "2e-5", "--rebalance-mix", "0.8", "--loss-weight", "l1=0", "--steps", "100000")
+REBALANCED_GAN_08 = rebalanced_gan("0.8")
 
 
 @dataclass(frozen=True)
