@@ -156,3 +156,36 @@ def test_missing_lpips_backbone_that_was_asked_for_is_an_error(image_folder, ran
                        "--lpips-backbone", str(tmp_path / "absent.pth")])
     assert "--lpips-backbone" in capsys.readouterr().err
 
+
+
+def test_overlay_rows_are_table_v_baseline_at_the_given_weights(image_folder, random_weights_root, tmp_path):
+    out = tmp_path / "eval"
+    assert evaluate.main(["--data", str(image_folder), "--weights", random_weights_root, "--out", str(out),
+                          "--size", str(SIZE), "--models", "paracolorizer_fg", "paracolorizer_bg", "paracolorizer",
+                          "--overlay", "1", "--overlay", "0", "--overlay", "0.5", "--examples", "1"]) == 0
+
+    rows = _read_csv(out / "metrics.csv")
+    overlays = [evaluate.overlay_name(alpha) for alpha in (1, 0, 0.5)]
+    assert list(rows) == [evaluate.GRAYSCALE, "paracolorizer_fg", "paracolorizer_bg", "paracolorizer", *overlays,
+                          evaluate.GROUND_TRUTH]
+    # alpha 1 is the foreground generator's colouring alone, 0 the background's (after an RGB round trip)
+    for overlay, part in zip(overlays, ("paracolorizer_fg", "paracolorizer_bg")):
+        for field in ("psnr", "ssim", "colourfulness"):
+            assert float(rows[overlay][field]) == pytest.approx(float(rows[part][field]), rel=0.01), (overlay, field)
+    half = {field: float(rows[overlays[2]][field]) for field in ("psnr", "colourfulness")}
+    assert all(math.isfinite(v) for v in half.values())
+    assert "| ParaColorizer, weighted overlay α = 0.5 (Table V) |" in (out / "metrics.md").read_text()
+    with Image.open(out / "examples.png") as grid:  # grey, the three models, truth: the overlays are rows only
+        assert grid.width == pytest.approx(1.9 * 5 * 110, abs=3)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--overlay", "1.5"], "between 0 and 1"),
+    (["--models", "cnn", "--overlay", "0.5"], "include paracolorizer"),
+])
+def test_bad_overlay_requests_are_usage_errors(image_folder, random_weights_root, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit):
+        evaluate.main(["--data", str(image_folder), "--weights", random_weights_root, "--out", str(tmp_path / "o"),
+                       *args])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -14,6 +14,9 @@ ParaColorizer section III). Writes to ``--out``:
   the floor a colorizer should beat) and a "ground truth" reference row for colourfulness;
 - ``examples.png``: a grid of a few images, columns grey input, each model, ground truth.
 
+``--overlay ALPHA`` adds ParaColorizer's fusion ablation (section V-C, Table V): a row for the foreground and
+background colourings overlaid with weight ``ALPHA`` instead of fused (``colorizers.paracolorizer.WeightedOverlay``).
+
 Models without weights are listed as unavailable with the reason. Metric definitions: :mod:`train.metrics`.
 """
 from __future__ import annotations
@@ -33,6 +36,7 @@ from tqdm import tqdm
 
 import colorizers
 from colorizers.color import gray_to_rgb_from_l, rgb_to_l
+from colorizers.paracolorizer import WeightedOverlay
 from colorizers.weights import describe_source
 from train import metrics
 from train.data import KINDS, SPLITS, ImageSet, read_images
@@ -41,6 +45,17 @@ ALL_SPLITS = "all"
 GRAYSCALE = "grayscale"
 GROUND_TRUTH = "ground_truth"
 ROW_TITLES = {GRAYSCALE: "Grayscale input (floor)", GROUND_TRUTH: "Ground truth (reference)", **colorizers.MODEL_TITLES}
+OVERLAY = "paracolorizer_overlay_"  # + alpha: the rows of --overlay
+
+
+def overlay_name(alpha: float) -> str:
+    return f"{OVERLAY}{alpha:g}"
+
+
+def row_title(name: str) -> str:
+    if name.startswith(OVERLAY):
+        return f"ParaColorizer, weighted overlay α = {name[len(OVERLAY):]} (Table V)"
+    return ROW_TITLES[name]
 
 #: (result field, markdown header, decimals), in ParaColorizer Table I's order, then colourfulness itself.
 COLUMNS = (
@@ -69,7 +84,7 @@ class MethodResult:
 
     @property
     def title(self) -> str:
-        return ROW_TITLES[self.name]
+        return row_title(self.name)
 
 
 class Evaluation:
@@ -168,7 +183,7 @@ def write_examples(path: Path, examples: dict[str, torch.Tensor], image_names: l
     fig = Figure(figsize=(1.9 * len(columns), 1.9 * num_rows + 0.6), layout="constrained")
     axes = fig.subplots(num_rows, len(columns), squeeze=False)
     for j, name in enumerate(columns):
-        axes[0, j].set_title(textwrap.fill(ROW_TITLES[name], 20), fontsize=7)
+        axes[0, j].set_title(textwrap.fill(row_title(name), 20), fontsize=7)
         for i in range(num_rows):
             ax = axes[i, j]
             ax.imshow(examples[name][i].clamp(0, 1).permute(1, 2, 0).numpy())
@@ -245,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", type=int, default=4, metavar="K", help="rows of examples.png; 0: no grid (default: 4)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda[:N] (default: cuda if available, else cpu)")
+    p.add_argument("--overlay", type=float, action="append", default=[], metavar="ALPHA",
+                   help="also score ParaColorizer's generators overlaid as ALPHA * foreground + (1 - ALPHA) * "
+                        "background, without the fusion network (Table V's baseline; repeatable; needs the "
+                        "paracolorizer model)")
     p.add_argument("--lpips-backbone", default=None, metavar="FILE",
                    help=f"AlexNet features state dict for LPIPS (default: {metrics.DEFAULT_LPIPS_BACKBONE} if present, "
                         "else LPIPS is skipped)")
@@ -258,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--batch-size and --max-images must be at least 1, --examples at least 0")
     if args.size < metrics.SSIM_MIN_SIZE:
         parser.error(f"--size must be at least {metrics.SSIM_MIN_SIZE} (the SSIM window)")
+    if any(not 0.0 <= alpha <= 1.0 for alpha in args.overlay):
+        parser.error("--overlay: ALPHA must be between 0 and 1")
+    if args.overlay and "paracolorizer" not in args.models:
+        parser.error("--overlay overlays ParaColorizer's generators: include paracolorizer in --models")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available")
     lpips_backbone = _lpips_backbone(parser, args.lpips_backbone)
@@ -268,6 +291,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unavailable: {name}: {reason}", file=sys.stderr)
     if not available:
         parser.error(f"none of the models {', '.join(args.models)} has weights under {describe_source(args.weights)}")
+    for alpha in args.overlay:
+        if "paracolorizer" in available:
+            para = available["paracolorizer"]
+            available[overlay_name(alpha)] = colorizers.Colorizer(
+                overlay_name(alpha), WeightedOverlay(para.model.foreground, para.model.background, alpha),
+                para.device, para.precision)
+        else:
+            unavailable[overlay_name(alpha)] = "it overlays paracolorizer's generators, which are unavailable"
     if lpips_backbone is None:
         print(f"LPIPS skipped: no AlexNet backbone at {metrics.DEFAULT_LPIPS_BACKBONE} (pass --lpips-backbone FILE)",
               file=sys.stderr)
@@ -289,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(out / "metrics.csv", rows)
     write_markdown(out / "metrics.md", rows, _notes(args, image_set, unavailable, lpips_backbone, seconds))
     if args.examples > 0:
-        write_examples(out / "examples.png", examples, image_set.names)
+        # the grid shows the models; an overlay is a table row for the ablation, and would only widen it
+        write_examples(out / "examples.png", {name: images for name, images in examples.items()
+                                              if not name.startswith(OVERLAY)}, image_set.names)
     print(f"{len(image_set)} images, {len(available)} model(s), {seconds:.0f} s: wrote {out}/metrics.md, "
           f"metrics.csv{', examples.png' if args.examples > 0 else ''}", file=sys.stderr)
     return 0
