@@ -121,6 +121,23 @@ def test_paracolorizer_runs_both_generators_and_fuses(random_weights_root):
     assert not torch.allclose(out["paracolorizer"], out["paracolorizer_fg"])
 
 
+def test_weighted_overlay_mixes_the_two_colourings_and_refuses_weights_outside_0_1(random_weights_root):
+    """Table V's baseline: alpha * foreground + (1 - alpha) * background, in RGB, no fusion network."""
+    from colorizers.color import lab_to_rgb
+    from colorizers.paracolorizer import WeightedOverlay
+    para = colorizers.load_colorizer("paracolorizer", source=random_weights_root, precision="fp32").model
+    l = torch.rand(1, 1, 64, 64) * 60 + 20
+    parts = para.predict_all(l)
+    rgb = {name: lab_to_rgb(torch.cat([l, parts[name]], dim=1)) for name in ("paracolorizer_fg", "paracolorizer_bg")}
+    for alpha in (0.0, 0.3, 1.0):
+        ab = WeightedOverlay(para.foreground, para.background, alpha).predict_ab(l)
+        mixed = alpha * rgb["paracolorizer_fg"] + (1 - alpha) * rgb["paracolorizer_bg"]
+        assert torch.allclose(lab_to_rgb(torch.cat([l, ab], dim=1)), mixed, atol=0.02), alpha
+    for alpha in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="alpha"):
+            WeightedOverlay(para.foreground, para.background, alpha)
+
+
 def test_default_widths_fit_the_80_mb_fp16_budget(tmp_path):
     """The six networks at their default widths, exported as training exports them, ship in 80 MB at most."""
     from train.engine import export
