@@ -157,7 +157,6 @@ def test_missing_lpips_backbone_that_was_asked_for_is_an_error(image_folder, ran
     assert "--lpips-backbone" in capsys.readouterr().err
 
 
-
 def test_overlay_rows_are_table_v_baseline_at_the_given_weights(image_folder, random_weights_root, tmp_path):
     out = tmp_path / "eval"
     assert evaluate.main(["--data", str(image_folder), "--weights", random_weights_root, "--out", str(out),
