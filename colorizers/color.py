@@ -21,6 +21,7 @@ _RGB_TO_XYZ = torch.tensor(
      [0.019334, 0.119193, 0.950227]], dtype=torch.float64)
 _XYZ_TO_RGB = torch.linalg.inv(_RGB_TO_XYZ)
 _WHITE_D65 = torch.tensor([0.95047, 1.0, 1.08883], dtype=torch.float64)
+_XYZ_TO_RGB_WHITE = _XYZ_TO_RGB * _WHITE_D65  # XYZ -> RGB with XYZ given relative to the white point
 
 L_SCALE = 50.0    # L in [0, 100]  ->  L / 50 - 1 in [-1, 1]
 AB_SCALE = 110.0  # a, b in about [-110, 110]  ->  ab / 110 in [-1, 1]
@@ -82,11 +83,8 @@ def lab_to_linear_rgb(lab: torch.Tensor) -> torch.Tensor:
     """Lab -> linear RGB, not clipped (values outside [0, 1] are out of the sRGB gamut)."""
     l, a, b = lab.unbind(-3)
     fy = (l + 16.0) / 116.0
-    fx = fy + a / 500.0
-    fz = fy - b / 200.0
-    white = _WHITE_D65.to(dtype=lab.dtype, device=lab.device).view(3, 1, 1)
-    xyz = torch.stack([_f_inv(fx), _f_inv(fy), _f_inv(fz)], dim=-3) * white
-    return _matmul_channels(_XYZ_TO_RGB, xyz)
+    f_xyz = torch.stack([fy + a / 500.0, fy, fy - b / 200.0], dim=-3)
+    return _matmul_channels(_XYZ_TO_RGB_WHITE, _f_inv(f_xyz))  # XYZ = white * f^-1, folded into the matrix
 
 
 def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
@@ -99,7 +97,7 @@ def _largest_in_gamut_chroma_scale(l: torch.Tensor, a: torch.Tensor, b: torch.Te
 
     Bisection; Y (and so the L term) is the same for every s, so only X and Z are recomputed per step.
     """
-    m = _XYZ_TO_RGB.to(dtype=l.dtype, device=l.device) * _WHITE_D65.to(dtype=l.dtype, device=l.device)
+    m = _XYZ_TO_RGB_WHITE.to(dtype=l.dtype, device=l.device)
     fy = (l + 16.0) / 116.0
     y = _f_inv(fy)
     rgb_y = [m[i, 1] * y for i in range(3)]
@@ -129,15 +127,13 @@ def lab_to_rgb_in_gamut(lab: torch.Tensor, iterations: int = 8) -> torch.Tensor:
         lin = lab_to_linear_rgb(lab)
         tol = 1e-6
         bad = ((lin < -tol) | (lin > 1 + tol)).any(dim=-3)  # (..., H, W)
-        if bool(bad.any()):
-            channels_first = lab.movedim(-3, 0)  # (3, ..., H, W): one boolean mask then picks each channel
-            l, a, b = (channel[bad] for channel in channels_first)
+        where_bad = bad.nonzero(as_tuple=True)  # found once, used to read every channel and to write back
+        if where_bad[0].numel():
+            l, a, b = (channel[where_bad] for channel in lab.movedim(-3, 0))  # (3, ..., H, W) views
             scale = _largest_in_gamut_chroma_scale(l, a, b, iterations)
             fixed = torch.stack([l, a * scale, b * scale])[:, :, None]  # (3, N, 1): a 3-channel "image"
-            lin = lin.movedim(-3, 0).clone()
-            lin[:, bad] = lab_to_linear_rgb(fixed)[:, :, 0]
-            lin = lin.movedim(0, -3)
-        return linear_to_srgb(lin.clamp(0.0, 1.0))
+            lin.movedim(-3, 0)[(slice(None), *where_bad)] = lab_to_linear_rgb(fixed)[:, :, 0]  # into lin itself
+        return linear_to_srgb(lin.clamp_(0.0, 1.0))
 
 
 def rgb_to_l(rgb: torch.Tensor) -> torch.Tensor:

@@ -108,12 +108,17 @@ def image_to_l(image: Image.Image, band_pixels: int = 1 << 18) -> torch.Tensor:
     return l_full
 
 
+def to_8bit(rgb: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [0, 1] -> (H, W, 3) uint8, rounded to nearest; the arithmetic runs in torch on the planar
+    floats (its threads) and only the 8-bit result is transposed to pixel order."""
+    return rgb.mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
+
+
 def tensor_to_image(rgb: torch.Tensor) -> Image.Image:
     """(1, 3, H, W) or (3, H, W) in [0, 1] -> 8-bit RGB PIL image."""
     if rgb.dim() == 4:
         rgb = rgb[0]
-    arr = (rgb.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-    return Image.fromarray(arr, "RGB")
+    return Image.fromarray(to_8bit(rgb), "RGB")
 
 
 def predict_native_ab(model: ABPredictor, l_full: torch.Tensor, device: str | torch.device = "cpu",
@@ -155,7 +160,7 @@ def recombine_to_image(l_full: torch.Tensor, ab_full: torch.Tensor, band_pixels:
     rows = max(1, band_pixels // max(width, 1))
     for top in range(0, height, rows):
         band = recombine(l_full[..., top:top + rows, :], ab_full[..., top:top + rows, :])[0]
-        out[top:top + rows] = (band.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+        out[top:top + rows] = to_8bit(band)
     return Image.fromarray(out, "RGB")
 
 
@@ -194,7 +199,7 @@ def finish_image(l_full: torch.Tensor, ab_small: torch.Tensor, band_pixels: int 
     out = np.empty((height, width, 3), dtype=np.uint8)
     for rows, cols, ab in upsampled_ab_bands(ab_small, (height, width), band_pixels):
         band = recombine(l_full[..., rows, cols], ab)[0]
-        out[rows, cols] = (band.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+        out[rows, cols] = to_8bit(band)
     return Image.fromarray(out, "RGB")
 
 

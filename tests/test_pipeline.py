@@ -11,7 +11,7 @@ from skimage.color import rgb2lab
 
 import colorizers
 from colorizers.color import lab_to_rgb, lab_to_rgb_in_gamut, rgb_to_lab
-from colorizers.pipeline import image_to_rgb_array
+from colorizers.pipeline import image_to_rgb_array, to_8bit
 from tests.helpers import random_image
 
 
@@ -71,6 +71,26 @@ def test_gamut_mapping_keeps_lightness_where_clipping_does_not():
     clipped = rgb_to_lab(lab_to_rgb(lab))[0]
     assert (mapped - lab[0]).abs().max() < 0.01
     assert (clipped - lab[0]).abs().mean() > 1.0  # the problem the mapping solves
+
+
+def test_gamut_mapping_of_a_batch_equals_each_image_alone():
+    """Out-of-gamut pixels are found and mended across leading dimensions in one pass (in place)."""
+    g = torch.Generator().manual_seed(1)
+    lab = torch.stack([torch.rand(2, 16, 16, generator=g) * 100, torch.randn(2, 16, 16, generator=g) * 90,
+                       torch.randn(2, 16, 16, generator=g) * 90], dim=1)  # (2, 3, H, W), two different images
+    together = lab_to_rgb_in_gamut(lab)
+    for i in range(2):
+        assert torch.allclose(together[i], lab_to_rgb_in_gamut(lab[i]), atol=1e-6)
+    assert (together[0] - together[1]).abs().mean() > 0.1
+
+
+def test_8_bit_conversion_rounds_to_nearest_and_clips():
+    levels = torch.tensor([[-0.3, 0.4, 0.6], [1.51, 127.4, 127.6], [254.6, 255.0, 400.0]]) / 255
+    rgb = torch.stack([levels, levels.flip(0), levels.T])  # (3, H, W): a different pattern in each channel
+    pixels = to_8bit(rgb)
+    assert pixels.dtype == np.uint8 and pixels.shape == (3, 3, 3)
+    assert pixels[..., 0].tolist() == [[0, 0, 1], [2, 127, 128], [255, 255, 255]]
+    assert np.array_equal(pixels[..., 1], pixels[::-1, :, 0]) and np.array_equal(pixels[..., 2], pixels[..., 0].T)
 
 
 SIZES = [(1, 1), (7, 5), (33, 517), (600, 13), (255, 257), (1000, 3)]
