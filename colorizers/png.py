@@ -45,11 +45,12 @@ def encode_png(image: Image.Image, level: int = 1) -> bytes:
         raise ValueError(f"encode_png writes 8-bit grey or RGB images, not mode {image.mode!r}")
     colour_type, bytes_per_pixel = _COLOUR_TYPE[image.mode]
     width, height = image.size
-    pixels = np.asarray(image, dtype=np.uint8).reshape(height, width * bytes_per_pixel)
     compressor = zlib.compressobj(level)
-    rows_per_band = max(1, _BAND_BYTES // max(1, pixels.shape[1]))
-    idat = [compressor.compress(_sub_filtered(pixels[top:top + rows_per_band], bytes_per_pixel))
-            for top in range(0, height, rows_per_band)]
+    rows_per_band = max(1, _BAND_BYTES // (width * bytes_per_pixel))
+    idat = []
+    for top in range(0, height, rows_per_band):  # a band of rows copied out of the image at a time, not all of it
+        rows = np.asarray(image.crop((0, top, width, min(height, top + rows_per_band))), dtype=np.uint8)
+        idat.append(compressor.compress(_sub_filtered(rows.reshape(len(rows), -1), bytes_per_pixel)))
     idat.append(compressor.flush())
     header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
     return b"".join((_SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", b"".join(idat)), _chunk(b"IEND", b"")))
