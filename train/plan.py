@@ -138,6 +138,8 @@ PLAN: dict[str, tuple[Stage, ...]] = {
         Stage("adversarial 256, rebalanced (mix 0.8) λ 300", "bg_adv", ("--init", "{root}/bg_pre", *REBALANCED_GAN_08,
                                                                          *LAMBDA_300, "--lr", "2e-5",
                                                                          "--size", "256", "--resume"), 40),
+        # Session 7 branched this run at lambda 1000 (G 2e-5, 256, ~220 steps, mix 0.9 and 0.8): each fusion that
+        # beat cnn_classifier's FID had lost the fused colour the bar needs; not shipped (README, session 7).
     ),
     "paracolorizer_fg": (
         Stage("pretrain 128", "fg_pre", ("--proposals", PROPOSALS, "--size", "128", "--pretrain-share", "1",
@@ -167,6 +169,9 @@ PLAN: dict[str, tuple[Stage, ...]] = {
         # Session 5 also tried the stronger rebalancing here (mix 0.8, lambda 300, G 2e-5, 182 steps at 256, 25
         # CPU-minutes): on the whole val split its fusion lost the lowest FID (48.64 against cnn_classifier's 48.05),
         # so it is not shipped; this settled generator fuses with the mix-0.8 background instead.
+        # Sessions 6 and 7 branched this run at lambda 1000 (187 steps) and 600 (180 steps), G 2e-5, 256, and averaged
+        # its weights with the lambda-1000 branch: the fusion reached FID 47.88, but the generator alone lost the
+        # colour its own bar needs (28.7 against 31.9); not shipped (README, session 7).
     ),
     "paracolorizer_fusion": (
         Stage("train 128", "fusion", ("--size", "128", "--steps", "100000"), 8),
