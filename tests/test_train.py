@@ -19,8 +19,8 @@ from skimage import data as skdata
 import colorizers
 from train.__main__ import main, parse_args
 from train.data import read_images
-from train.engine import (CHECKPOINT, CURVES_PNG, LOSSES_CSV, TRAINING_CONFIG, TrainingConfig, class_indices, export,
-                          frequent_classes, read_loss_log, train)
+from train.engine import (CHECKPOINT, CURVES_PNG, LOSSES_CSV, TRAINING_CONFIG, InMemoryBatches, TrainingConfig,
+                          class_indices, export, frequent_classes, needs_host_copy, read_loss_log, train)
 from train import metrics, proposals
 from train.losses import IGNORE_LABEL
 from train.proposals import Detector, Detections, decode, grid_and_strides, propose, read_proposal_crops, square_crop_box
@@ -177,6 +177,27 @@ def test_foreground_trains_on_images_and_crops_background_on_scenes_too(trained)
     bg = json.loads((trained / "paracolorizer_bg" / TRAINING_CONFIG).read_text())
     assert fg["num_images"] == 3 + 4  # object + mixed photos, plus one crop per photo
     assert bg["num_images"] == 4      # every kind, scenes included
+
+
+def test_only_a_host_resident_set_is_copied_to_the_training_device():
+    """Session 8's first GPU run failed on this: a set placed on ``cuda`` lives on ``cuda:0``, and comparing the two
+    devices sent every GPU batch to ``pin_memory``, which refuses GPU tensors."""
+    cuda, cuda0, cpu = torch.device("cuda"), torch.device("cuda:0"), torch.device("cpu")
+    assert not needs_host_copy(cuda0, cuda)
+    assert not needs_host_copy(cuda0, cuda0)
+    assert not needs_host_copy(cpu, cpu)
+    assert needs_host_copy(cpu, cuda) and needs_host_copy(cpu, cuda0)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_batches_come_on_the_training_device_as_floats(device):
+    images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
+    batches = InMemoryBatches(images, torch.zeros(10, dtype=torch.long), 4, torch.device(device), seed=0)
+    rgb, labels = batches.next()
+    assert rgb.device.type == labels.device.type == device
+    assert rgb.shape == (4, 3, 8, 8) and rgb.dtype == torch.float32
+    assert 0.0 <= float(rgb.min()) and float(rgb.max()) <= 1.0
 
 
 def test_resume_continues_from_the_saved_step_exactly(mini_set, tmp_path):

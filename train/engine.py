@@ -222,6 +222,13 @@ def place_on_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.pin_memory()
 
 
+def needs_host_copy(batch_device: torch.device, device: torch.device) -> bool:
+    """Whether a batch cut from the image set must still be copied to ``device``: only when the set stayed in
+    host memory and training runs elsewhere. (Not ``batch_device != device``: a set placed on ``cuda`` lives on
+    ``cuda:0``, which compares unequal to ``cuda``, and pinning a GPU tensor fails.)"""
+    return batch_device.type == "cpu" and device.type != "cpu"
+
+
 class InMemoryBatches:
     """Shuffled mini-batches (epoch by epoch, last partial batch dropped) with random horizontal flips, as
     float RGB in [0, 1] on the device. The sampler's state is part of the checkpoint."""
@@ -247,7 +254,7 @@ class InMemoryBatches:
         flip = torch.rand(len(index), generator=self.generator) < 0.5
         index, flip = index.to(self.images.device), flip.to(self.device)
         rgb = self.images[index]
-        if rgb.device != self.device:  # a host-resident set: from pinned memory the copy runs asynchronously
+        if needs_host_copy(rgb.device, self.device):  # a host-resident set: from pinned memory the copy runs asynchronously
             rgb = rgb.pin_memory().to(self.device, non_blocking=True)
         rgb = torch.where(flip[:, None, None, None], rgb.flip(-1), rgb).float().div_(255.0)
         return rgb, self.labels[index].to(self.device, non_blocking=True)
