@@ -545,7 +545,33 @@ def test_ship_copies_the_final_weights_and_writes_a_model_card(mini_set, tmp_pat
     plan.ship(root, None, dest, ["cnn"])
     assert colorizers.load_network("cnn", dest) is not None
     card = (dest / "cnn" / "README.md").read_text()
-    assert "| train 32 | train | 32 | 0→3 | 12 |" in card and "| train 64 | train | 64 | 3→5 | 8 |" in card
+    assert "| train 32 | CPU | train | 32 | 0→3 | 12 |" in card and "| train 64 | CPU | train | 64 | 3→5 | 8 |" in card
     assert "--size 32 --steps 3 --out runs/cnn" in card and "--size 64 --steps 5 --resume --out runs/cnn" in card
     table = plan.summary(root, ["cnn"])  # the README's table of what was spent, from the same history
     assert "| `cnn` | train 32: 3 · train 64: 2 | 20 |" in table and "CPU-hours" in table.splitlines()[-1]
+
+
+def test_a_gpu_stage_runs_with_the_gpu_settings_and_counts_gpu_minutes(mini_set, tmp_path, monkeypatch):
+    from train import plan
+    gpu = plan.Stage("train 64 on the GPU", "cnn_gpu", ("--init", "{root}/cnn", "--size", "64", "--steps", "100000"),
+                     1.0, device="cuda")
+    command = plan.stage_command("cnn", gpu, "runs", steps=7)
+    config = parse_args(command[3:])
+    assert config.device == "cuda" and config.batch_size == 32 and config.steps == 7 and config.init == "runs/cnn"
+    stages = (plan.Stage("train 32", "cnn", ("--size", "32", "--steps", "100000"), 1.0), gpu)
+    monkeypatch.setattr(plan, "PLAN", {"cnn": stages})
+    root, data = tmp_path / "runs", [str(mini_set / "folder")]
+    train(small_run("cnn", data, root / "cnn", steps=3, image_size=32))
+    train(small_run("cnn", data, root / "cnn_gpu", steps=2, image_size=64, init=str(root / "cnn"),
+                    model_config={}))  # (here on the CPU)
+    history = root / "cnn_gpu" / "cnn" / "history.jsonl"  # as a GPU run records it: wall minutes, little CPU time
+    line = json.loads(history.read_text())
+    history.write_text(json.dumps({**line, "minutes": 6.0, "cpu_minutes": 1.5}) + "\n")
+    plan.ship(root, None, tmp_path / "weights", ["cnn"])
+    card = (tmp_path / "weights" / "cnn" / "README.md").read_text()
+    assert "| train 64 on the GPU | GPU | train | 64 | 0→2 | 8 | 6.0 |" in card and "NVIDIA H200" in card
+    assert "--device cuda" in card and "--init runs/cnn" in card
+    table = plan.summary(root, ["cnn"])
+    assert "| `cnn` | train 32: 3 · train 64 on the GPU: 2 | 20 |" in table
+    cpu_total = plan.stage_cpu_minutes(json.loads((root / "cnn" / "cnn" / "history.jsonl").read_text()))
+    assert table.splitlines()[-1].endswith("| 6.0 |") and f"| {cpu_total:.0f} (" in table.splitlines()[-1]

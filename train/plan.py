@@ -62,6 +62,10 @@ PROPOSALS = "{root}/proposals.npz"
 #: Arguments every stage shares: validation on 200 val images every 250 steps, batch 16, one thread.
 COMMON = ("--val-data", DATA, "--max-val-images", "200", "--batch-size", "16", "--checkpoint-every", "500",
           "--val-every", "250", "--log-every", "20", "--threads", "1")
+#: The same for a stage on the GPU (``Stage.device == "cuda"``; session 8, the one session lent a GPU): the recipes'
+#: batch of 32, four threads for decoding, validation as on the CPU.
+GPU_COMMON = ("--val-data", DATA, "--max-val-images", "200", "--batch-size", "32", "--checkpoint-every", "100000",
+              "--val-every", "250", "--log-every", "50", "--threads", "4", "--device", "cuda")
 ADVERSARIAL_128 = ("--lr", "1e-4", "--d-lr", "5e-5", "--steps", "100000", "--size", "128")
 #: Session 2's rebalancing of ParaColorizer's adversarial phase (each continues the run before it, ``--resume``):
 #: a lower L1 weight lifts the colours out of the L1 model's sepia (lambda 30 overshot: val colourfulness swung
@@ -102,6 +106,26 @@ LAMBDA_1000 = ("--loss-weight", "l1_rebalanced=1000")
 #: generators' rarer colours without a stronger adversarial term (attention_ugan's lambda 1000 had cost it more
 #: colour than LPIPS needed: 300 val images, colourfulness 36.2 -> 30.8 against the truth's 38.8, LPIPS 0.214 -> 0.185).
 REBALANCED_GAN_08 = rebalanced_gan("0.8")
+#: Session 8 (the one session lent a GPU, an H200 for 15 minutes): the two ParaColorizer generators continued from
+#: their shipped weights at 256 x 256 for ~4,000 more steps each (batch 32: 5-6 epochs' worth, more than all
+#: their CPU adversarial training), in four runs side by side on the GPU, a stage per snapshot: each at its shipped
+#: rebalancing (foreground 0.9, background 0.8) and one step stronger (0.8, 0.7), lambda 300, G 5e-5 then 2e-5,
+#: D 2e-5 (a new PatchGAN: ``--init`` carries the generator only). Every snapshot of each generator, alone and fused
+#: with every snapshot of the other, was scored on the whole val split on the GPU (FID, colourfulness; README,
+#: session 8): the shipped rebalancing drained the foreground's colour (val colourfulness 33 -> 26-28, FID 52.9 ->
+#: 49.0-49.5), the stronger kept it, and its last snapshots fused best within the colour bars.
+
+
+def gpu_finish(run: str, init: str, mix: str, extra: tuple[str, ...] = ()) -> tuple[Stage, ...]:
+    """Session 8's GPU stages for one generator: ``--init`` from its shipped run, then ``--resume``; rebalanced L1
+    at ``mix``, lambda 300, G 5e-5 for two stages and 2e-5 for three (the fifth added after the first evaluation).
+    Their minutes are wall-clock minutes on the GPU, which four runs shared."""
+    def stage(k: int, lr: str, minutes: float) -> Stage:
+        return Stage(f"GPU 256, rebalanced (mix {mix}) λ 300, G {lr}, part {k}", run,
+                     (*extra, "--init", init, *rebalanced_gan(mix), *LAMBDA_300, "--lr", lr, "--size", "256",
+                      *(("--resume",) if k > 1 else ())), minutes, device="cuda")
+    return (stage(1, "5e-5", 1.5), stage(2, "5e-5", 1.25), stage(3, "2e-5", 1.25), stage(4, "2e-5", 1.0),
+            stage(5, "2e-5", 1.2))
 
 
 @dataclass(frozen=True)
@@ -109,7 +133,8 @@ class Stage:
     name: str                 # e.g. "pretrain 128"
     run: str                  # the run's folder under ROOT (a weights root: ROOT/RUN/NETWORK/)
     args: tuple[str, ...]     # ``python -m train`` arguments beyond network, --data, --out and the COMMON ones
-    minutes: float            # wall-clock budget with one thread (CPU-minutes)
+    minutes: float            # wall-clock budget: with one thread (CPU-minutes), or on the GPU (GPU-minutes)
+    device: str = "cpu"       # "cuda": a GPU stage (GPU_COMMON)
 
 
 PLAN: dict[str, tuple[Stage, ...]] = {
@@ -140,6 +165,7 @@ PLAN: dict[str, tuple[Stage, ...]] = {
                                                                          "--size", "256", "--resume"), 40),
         # Session 7 branched this run at lambda 1000 (G 2e-5, 256, ~220 steps, mix 0.9 and 0.8): each fusion that
         # beat cnn_classifier's FID had lost the fused colour the bar needs; not shipped (README, session 7).
+        *gpu_finish("bg_gpu", "{root}/bg_adv", "0.7"),
     ),
     "paracolorizer_fg": (
         Stage("pretrain 128", "fg_pre", ("--proposals", PROPOSALS, "--size", "128", "--pretrain-share", "1",
@@ -172,6 +198,7 @@ PLAN: dict[str, tuple[Stage, ...]] = {
         # Sessions 6 and 7 branched this run at lambda 1000 (187 steps) and 600 (180 steps), G 2e-5, 256, and averaged
         # its weights with the lambda-1000 branch: the fusion reached FID 47.88, but the generator alone lost the
         # colour its own bar needs (28.7 against 31.9); not shipped (README, session 7).
+        *gpu_finish("fg_gpu", "{root}/fg_adv", "0.8", ("--proposals", PROPOSALS)),
     ),
     "paracolorizer_fusion": (
         Stage("train 128", "fusion", ("--size", "128", "--steps", "100000"), 8),
@@ -248,7 +275,8 @@ def stage_command(network: str, stage: Stage, root: str, minutes: float | None =
         args[args.index("--steps") + 1] = str(steps)
     else:
         args += ["--minutes", f"{minutes if minutes is not None else stage.minutes:g}"]
-    return ["python", "-m", "train", network, "--data", DATA, *COMMON, *args, "--out", f"{root}/{stage.run}"]
+    common = GPU_COMMON if stage.device == "cuda" else COMMON
+    return ["python", "-m", "train", network, "--data", DATA, *common, *args, "--out", f"{root}/{stage.run}"]
 
 
 def read_history(run_dir: Path) -> list[dict]:
@@ -262,22 +290,35 @@ def stage_cpu_minutes(history: dict) -> float:
     return history.get("cpu_minutes", history["minutes"])
 
 
+def stage_minutes(stage: Stage, history: dict) -> float:
+    """A finished stage's cost in its device's minutes: CPU time for a CPU stage (``stage_cpu_minutes``), wall
+    time for a GPU stage (its process's CPU time says nothing about the GPU's)."""
+    return history["minutes"] if stage.device != "cpu" else stage_cpu_minutes(history)
+
+
 def cpu_minutes(network: str) -> float:
-    return sum(stage.minutes for stage in PLAN[network])
+    return sum(stage.minutes for stage in PLAN[network] if stage.device == "cpu")
+
+
+def gpu_minutes(network: str) -> float:
+    return sum(stage.minutes for stage in PLAN[network] if stage.device != "cpu")
 
 
 # ----------------------------------------------------------------------------------------------------------
 # show / run
 
 def show() -> None:
-    total = 0.0
+    total = total_gpu = 0.0
     print(f"$ {shlex.join(PROPOSALS_COMMAND).replace('{root}', 'runs')}")
     for network, stages in PLAN.items():
         total += cpu_minutes(network)
-        print(f"\n# {network}: {cpu_minutes(network):g} CPU-minutes")
+        total_gpu += gpu_minutes(network)
+        gpu = f" + {gpu_minutes(network):g} GPU-minutes" if gpu_minutes(network) else ""
+        print(f"\n# {network}: {cpu_minutes(network):g} CPU-minutes{gpu}")
         for stage in stages:
-            print(f"$ {shlex.join(stage_command(network, stage, 'runs'))}    # {stage.name}, {stage.minutes:g} min")
-    print(f"\n# all networks: {total:g} CPU-minutes ({total / 60:.1f} CPU-hours)")
+            unit = "GPU-min" if stage.device != "cpu" else "min"
+            print(f"$ {shlex.join(stage_command(network, stage, 'runs'))}    # {stage.name}, {stage.minutes:g} {unit}")
+    print(f"\n# all networks: {total:g} CPU-minutes ({total / 60:.1f} CPU-hours) + {total_gpu:g} GPU-minutes")
 
 
 def run(networks: list[str], root: str, scale: float) -> None:
@@ -328,6 +369,7 @@ def model_card(network: str, root: Path, eval_dir: Path | None, dest: Path) -> s
     params = sum(p.numel() for p in net.parameters())
     size_mb = (dest / network / "model.safetensors").stat().st_size / 1e6
     stages = _stage_rows(network, root)
+    gpu_stages = [h for stage, h in stages if stage.device != "cpu"]
     last_run = root / PLAN[network][-1].run / network
     training = json.loads((last_run / "training_config.json").read_text())
     recipe = training["recipe"]
@@ -345,24 +387,30 @@ def model_card(network: str, root: Path, eval_dir: Path | None, dest: Path) -> s
         f"{' and their object-proposal crops' if network == 'paracolorizer_fg' else ''}; "
         "validation on 200 images of the val split.",
         "- **Hardware**: the project's 2-core CPU (AMD EPYC Zen 4 with AVX512-BF16), one torch thread per run, bf16 "
-        "autocast + channels-last.", "",
+        "autocast + channels-last" + ("; the GPU stages on one NVIDIA H200 (session 8, the GPU shared by four runs "
+                                      "at once), bf16 autocast + channels-last." if gpu_stages else "."), "",
         "## Training stages", "",
-        "| stage | phase | size | steps | images | CPU-minutes | images per CPU-second | val L1 (ab/110) after "
+        "| stage | device | phase | size | steps | images | minutes | images per second | val L1 (ab/110) after "
         "| val colourfulness after (truth) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for stage, h in stages:
         validation = h.get("validation", {})
         val = validation.get("val_l1")
         colourful, truth = validation.get("val_colourfulness"), validation.get("val_colourfulness_truth")
-        minutes = stage_cpu_minutes(h)
-        lines.append(f"| {stage.name} | {h['phase']} | {h['image_size']} | {h['from_step']}→{h['to_step']} | "
+        minutes = stage_minutes(stage, h)
+        device = "GPU" if stage.device != "cpu" else "CPU"
+        lines.append(f"| {stage.name} | {device} | {h['phase']} | {h['image_size']} | {h['from_step']}→{h['to_step']} | "
                      f"{h['images']} | {minutes:.1f} | {h['images'] / max(minutes * 60, 1e-9):.1f} | "
                      f"{'' if val is None else f'{val:.4f}'} | "
                      f"{'' if colourful is None else f'{colourful:.1f} ({truth:.1f})'} |")
     final_phase = stages[-1][1]["phase"] if stages else None
     weights = [p["losses"] for p in recipe["phases"] if p["name"] == final_phase]
-    lines += ["", f"Batch {stages[0][1]['batch_size'] if stages else 16}. Loss terms and weights of the final stage "
+    batches = sorted({(stage.device != "cpu", h["batch_size"]) for stage, h in stages})
+    batch = ", ".join(f"{size} on the {'GPU' if gpu else 'CPU'}" for gpu, size in batches) if len(batches) > 1 else \
+        str(batches[0][1] if batches else 16)
+    lines += ["", "Minutes are CPU-minutes (the process's CPU time, one thread) for a CPU stage and wall-clock minutes "
+              "for a GPU stage.", "", f"Batch {batch}. Loss terms and weights of the final stage "
               f"({final_phase}): `{json.dumps(weights[0] if weights else {})}`; each stage's own settings "
               "(`--loss-weight`, `--lr`, `--d-lr`) are in its command under Reproduce, the recipe's in "
               "`train/recipes.py`.", ""]
@@ -398,15 +446,17 @@ def model_card(network: str, root: Path, eval_dir: Path | None, dest: Path) -> s
 
 def summary(root: Path, networks: list[str]) -> str:
     """The README's table of what the plan spent per network, from the runs' ``history.jsonl``."""
-    lines = ["| network | stages (size: steps) | images seen | CPU-minutes |", "|---|---|---:|---:|"]
-    total = 0.0
+    lines = ["| network | stages (size: steps) | images seen | CPU-minutes | GPU-minutes |", "|---|---|---:|---:|---:|"]
+    total = total_gpu = 0.0
     for network in networks:
         rows = _stage_rows(network, root)
         stages = " · ".join(f"{stage.name}: {h['to_step'] - h['from_step']:,}" for stage, h in rows)
-        minutes = sum(stage_cpu_minutes(h) for _, h in rows)
-        total += minutes
-        lines.append(f"| `{network}` | {stages} | {sum(h['images'] for _, h in rows):,} | {minutes:.0f} |")
-    lines.append(f"| all | | | {total:.0f} ({total / 60:.1f} CPU-hours) |")
+        minutes = sum(stage_minutes(stage, h) for stage, h in rows if stage.device == "cpu")
+        gpu = sum(stage_minutes(stage, h) for stage, h in rows if stage.device != "cpu")
+        total, total_gpu = total + minutes, total_gpu + gpu
+        gpu_cell = f"{gpu:.1f}" if gpu else ""
+        lines.append(f"| `{network}` | {stages} | {sum(h['images'] for _, h in rows):,} | {minutes:.0f} | {gpu_cell} |")
+    lines.append(f"| all | | | {total:.0f} ({total / 60:.1f} CPU-hours) | {total_gpu:.1f} |")
     return "\n".join(lines)
 
 
