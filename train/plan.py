@@ -113,7 +113,8 @@ REBALANCED_GAN_08 = rebalanced_gan("0.8")
 #: D 2e-5 (a new PatchGAN: ``--init`` carries the generator only). Every snapshot of each generator, alone and fused
 #: with every snapshot of the other, was scored on the whole val split on the GPU (FID, colourfulness; README,
 #: session 8): the shipped rebalancing drained the foreground's colour (val colourfulness 33 -> 26-28, FID 52.9 ->
-#: 49.0-49.5), the stronger kept it, and its last snapshots fused best within the colour bars.
+#: 49.0-49.5), the stronger kept it and bettered FID too; its last snapshots (below) are shipped, the pair with the
+#: widest colour margins among the lowest fused FIDs (README, session 8).
 
 
 def gpu_finish(run: str, init: str, mix: str, extra: tuple[str, ...] = ()) -> tuple[Stage, ...]:
