@@ -107,8 +107,8 @@ LAMBDA_1000 = ("--loss-weight", "l1_rebalanced=1000")
 #: colour than LPIPS needed: 300 val images, colourfulness 36.2 -> 30.8 against the truth's 38.8, LPIPS 0.214 -> 0.185).
 REBALANCED_GAN_08 = rebalanced_gan("0.8")
 #: Session 8 (the one session lent a GPU, an H200 for 15 minutes): the two ParaColorizer generators continued from
-#: their shipped weights at 256 x 256 for ~4,000 more steps each (batch 32: 5-6 epochs' worth, more than all
-#: their CPU adversarial training), in four runs side by side on the GPU, a stage per snapshot: each at its shipped
+#: their shipped weights at 256 x 256 for 3,637 (foreground) and 4,482 (background) more steps (batch 32: 5 and 9
+#: epochs' worth, more than all their CPU adversarial training), in four runs side by side on the GPU, a stage per snapshot: each at its shipped
 #: rebalancing (foreground 0.9, background 0.8) and one step stronger (0.8, 0.7), lambda 300, G 5e-5 then 2e-5,
 #: D 2e-5 (a new PatchGAN: ``--init`` carries the generator only). Every snapshot of each generator, alone and fused
 #: with every snapshot of the other, was scored on the whole val split on the GPU (FID, colourfulness; README,
@@ -136,6 +136,10 @@ class Stage:
     args: tuple[str, ...]     # ``python -m train`` arguments beyond network, --data, --out and the COMMON ones
     minutes: float            # wall-clock budget: with one thread (CPU-minutes), or on the GPU (GPU-minutes)
     device: str = "cpu"       # "cuda": a GPU stage (GPU_COMMON)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device != "cpu"
 
 
 PLAN: dict[str, tuple[Stage, ...]] = {
@@ -276,7 +280,7 @@ def stage_command(network: str, stage: Stage, root: str, minutes: float | None =
         args[args.index("--steps") + 1] = str(steps)
     else:
         args += ["--minutes", f"{minutes if minutes is not None else stage.minutes:g}"]
-    common = GPU_COMMON if stage.device == "cuda" else COMMON
+    common = GPU_COMMON if stage.on_gpu else COMMON
     return ["python", "-m", "train", network, "--data", DATA, *common, *args, "--out", f"{root}/{stage.run}"]
 
 
@@ -294,15 +298,15 @@ def stage_cpu_minutes(history: dict) -> float:
 def stage_minutes(stage: Stage, history: dict) -> float:
     """A finished stage's cost in its device's minutes: CPU time for a CPU stage (``stage_cpu_minutes``), wall
     time for a GPU stage (its process's CPU time says nothing about the GPU's)."""
-    return history["minutes"] if stage.device != "cpu" else stage_cpu_minutes(history)
+    return history["minutes"] if stage.on_gpu else stage_cpu_minutes(history)
 
 
 def cpu_minutes(network: str) -> float:
-    return sum(stage.minutes for stage in PLAN[network] if stage.device == "cpu")
+    return sum(stage.minutes for stage in PLAN[network] if not stage.on_gpu)
 
 
 def gpu_minutes(network: str) -> float:
-    return sum(stage.minutes for stage in PLAN[network] if stage.device != "cpu")
+    return sum(stage.minutes for stage in PLAN[network] if stage.on_gpu)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -317,7 +321,7 @@ def show() -> None:
         gpu = f" + {gpu_minutes(network):g} GPU-minutes" if gpu_minutes(network) else ""
         print(f"\n# {network}: {cpu_minutes(network):g} CPU-minutes{gpu}")
         for stage in stages:
-            unit = "GPU-min" if stage.device != "cpu" else "min"
+            unit = "GPU-min" if stage.on_gpu else "min"
             print(f"$ {shlex.join(stage_command(network, stage, 'runs'))}    # {stage.name}, {stage.minutes:g} {unit}")
     print(f"\n# all networks: {total:g} CPU-minutes ({total / 60:.1f} CPU-hours) + {total_gpu:g} GPU-minutes")
 
@@ -370,7 +374,7 @@ def model_card(network: str, root: Path, eval_dir: Path | None, dest: Path) -> s
     params = sum(p.numel() for p in net.parameters())
     size_mb = (dest / network / "model.safetensors").stat().st_size / 1e6
     stages = _stage_rows(network, root)
-    gpu_stages = [h for stage, h in stages if stage.device != "cpu"]
+    gpu_stages = [h for stage, h in stages if stage.on_gpu]
     last_run = root / PLAN[network][-1].run / network
     training = json.loads((last_run / "training_config.json").read_text())
     recipe = training["recipe"]
@@ -400,14 +404,14 @@ def model_card(network: str, root: Path, eval_dir: Path | None, dest: Path) -> s
         val = validation.get("val_l1")
         colourful, truth = validation.get("val_colourfulness"), validation.get("val_colourfulness_truth")
         minutes = stage_minutes(stage, h)
-        device = "GPU" if stage.device != "cpu" else "CPU"
+        device = "GPU" if stage.on_gpu else "CPU"
         lines.append(f"| {stage.name} | {device} | {h['phase']} | {h['image_size']} | {h['from_step']}→{h['to_step']} | "
                      f"{h['images']} | {minutes:.1f} | {h['images'] / max(minutes * 60, 1e-9):.1f} | "
                      f"{'' if val is None else f'{val:.4f}'} | "
                      f"{'' if colourful is None else f'{colourful:.1f} ({truth:.1f})'} |")
     final_phase = stages[-1][1]["phase"] if stages else None
     weights = [p["losses"] for p in recipe["phases"] if p["name"] == final_phase]
-    batches = sorted({(stage.device != "cpu", h["batch_size"]) for stage, h in stages})
+    batches = sorted({(stage.on_gpu, h["batch_size"]) for stage, h in stages})
     batch = ", ".join(f"{size} on the {'GPU' if gpu else 'CPU'}" for gpu, size in batches) if len(batches) > 1 else \
         str(batches[0][1] if batches else 16)
     lines += ["", "Minutes are CPU-minutes (the process's CPU time, one thread) for a CPU stage and wall-clock minutes "
@@ -452,8 +456,8 @@ def summary(root: Path, networks: list[str]) -> str:
     for network in networks:
         rows = _stage_rows(network, root)
         stages = " · ".join(f"{stage.name}: {h['to_step'] - h['from_step']:,}" for stage, h in rows)
-        minutes = sum(stage_minutes(stage, h) for stage, h in rows if stage.device == "cpu")
-        gpu = sum(stage_minutes(stage, h) for stage, h in rows if stage.device != "cpu")
+        minutes = sum(stage_minutes(stage, h) for stage, h in rows if not stage.on_gpu)
+        gpu = sum(stage_minutes(stage, h) for stage, h in rows if stage.on_gpu)
         total, total_gpu = total + minutes, total_gpu + gpu
         gpu_cell = f"{gpu:.1f}" if gpu else ""
         lines.append(f"| `{network}` | {stages} | {sum(h['images'] for _, h in rows):,} | {minutes:.0f} | {gpu_cell} |")
