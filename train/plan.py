@@ -392,8 +392,8 @@ def model_card(network: str, root: Path, eval_dir: Path | None, dest: Path) -> s
         f"{' and their object-proposal crops' if network == 'paracolorizer_fg' else ''}; "
         "validation on 200 images of the val split.",
         "- **Hardware**: the project's 2-core CPU (AMD EPYC Zen 4 with AVX512-BF16), one torch thread per run, bf16 "
-        "autocast + channels-last" + ("; the GPU stages on one NVIDIA H200 (session 8, the GPU shared by four runs "
-                                      "at once), bf16 autocast + channels-last." if gpu_stages else "."), "",
+        "autocast + channels-last" + ("; the GPU stages on one NVIDIA H200 (session 8; the GPU ran two to four such "
+                                      "runs at once), bf16 autocast + channels-last." if gpu_stages else "."), "",
         "## Training stages", "",
         "| stage | device | phase | size | steps | images | minutes | images per second | val L1 (ab/110) after "
         "| val colourfulness after (truth) |",
