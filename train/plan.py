@@ -382,7 +382,7 @@ def model_card(network: str, root: Path, eval_dir: Path | None, dest: Path) -> s
     params = sum(p.numel() for p in net.parameters())
     size_mb = (dest / network / "model.safetensors").stat().st_size / 1e6
     stages = _stage_rows(network, root)
-    gpu_stages = [h for stage, h in stages if stage.on_gpu]
+    on_gpu = any(stage.on_gpu for stage, _ in stages)
     last_run = root / PLAN[network][-1].run / network
     training = json.loads((last_run / "training_config.json").read_text())
     recipe = training["recipe"]
@@ -401,7 +401,7 @@ def model_card(network: str, root: Path, eval_dir: Path | None, dest: Path) -> s
         "validation on 200 images of the val split.",
         "- **Hardware**: the project's 2-core CPU (AMD EPYC Zen 4 with AVX512-BF16), one torch thread per run, bf16 "
         "autocast + channels-last" + ("; the GPU stages on one NVIDIA H200 (session 8; the GPU ran two to four such "
-                                      "runs at once), bf16 autocast + channels-last." if gpu_stages else "."), "",
+                                      "runs at once), bf16 autocast + channels-last." if on_gpu else "."), "",
         "## Training stages", "",
         "| stage | device | phase | size | steps | images | minutes | images per second | val L1 (ab/110) after "
         "| val colourfulness after (truth) |",
