@@ -6,6 +6,7 @@ float32 and bf16 (autocast + channels-last, ``colorizers/precision.py``) side by
     python benchmarks/inference.py --weights ROOT        # a weights root: folder or Hub repo id[@revision]
     python benchmarks/inference.py --random-weights      # untrained default-width networks, for timing only
     python benchmarks/inference.py --precisions fp32     # one precision only (default: fp32 and bf16)
+    python benchmarks/inference.py --compile             # also paracolorizer under torch.compile (not the app's)
 
 Latency is the median of ``--repeats`` runs after ``--warmup`` runs, with CUDA synchronised around each run. A model's
 latency is the whole pipeline at 256x256 (resize, network, up-sampling, recombination) except for
@@ -121,6 +122,16 @@ def bench_device(available: dict, device: str, precision: str, source: str | Non
         target = f"<= 3 ms on an H100; paper: {PAPER_PARACOLORIZER_MS:g} ms" if device == "cuda" else \
             f"paper: {PAPER_PARACOLORIZER_MS:g} ms on a GTX 1080"
         table.add("paracolorizer (network only), 1 image", device, precision, timing.ms(), target)
+        if args.compile:  # not what the app runs: how much a compiler could still take off the eager networks
+            import torch._inductor.config as inductor_config
+            inductor_config.freezing = True  # inference only: the weights become constants, folded and pre-packed
+            compiled = torch.compile(para.predict_all)
+            start = time.perf_counter()
+            compiled(l_dev)
+            compile_seconds = time.perf_counter() - start
+            timing = measure(lambda: compiled(l_dev), device, args.warmup, args.repeats)
+            table.add("  the same under torch.compile (inductor, frozen weights)", device, precision,
+                      f"{timing.ms()}; compiling took {compile_seconds:.0f} s")
         if device == "cuda":
             batch = (torch.rand(args.batch, 1, 256, 256, device=device) * 100).contiguous(
                 memory_format=memory_format(precision))
@@ -188,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=256, help="batch size of the CUDA throughput run")
     parser.add_argument("--skip-cap", action="store_true", help="skip the compare request at the pixel cap")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time paracolorizer's networks under torch.compile (the app does not compile)")
     parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"],
                         help="the precisions to measure, side by side (default: both)")
     args = parser.parse_args(argv)

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import colorizers  # noqa: E402
 from colorizers.networks import PatchDiscriminator  # noqa: E402
 from colorizers.precision import cpu_has_native_bf16  # noqa: E402
+from roofline import conv_peak  # noqa: E402  (benchmarks/, this script's folder)
 from train.engine import InMemoryBatches, Trainer, TrainingConfig, resolve_device, resolve_recipe  # noqa: E402
 from train.losses import IGNORE_LABEL  # noqa: E402
 
@@ -104,6 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     precisions = [q for q in MEASURED_PRECISIONS if q in args.precisions]
 
     print(f"device: {device_line(device)}")
+    if device.type == "cpu":  # the ceiling of the speed-up column where the arithmetic dominates
+        fp32, bf16 = (conv_peak(dtype) for dtype in (torch.float32, torch.bfloat16))
+        print(f"best 3x3 convolution rate here: fp32 {fp32 / 1e9:.0f}, bf16 {bf16 / 1e9:.0f} G multiply-adds/s "
+              f"(bf16 / fp32 = {bf16 / fp32:.2f}; benchmarks/roofline.py)")
     print(f"batch {batch_size}, {warmup} warm-up + {steps} timed steps per cell, default widths"
           f"{', compiled' if args.compile else ''}\n")
     columns = [f"{q} img/s" for q in MEASURED_PRECISIONS]
