@@ -65,6 +65,12 @@ def parse_args(argv: list[str] | None = None) -> TrainingConfig:
                         "images (default: %(default)s)")
     p.add_argument("--minutes", type=float, metavar="N",
                    help="wall-clock budget: stop cleanly after N minutes (checkpoint, export, curves); --resume continues")
+    p.add_argument("--cpu-minutes", type=float, metavar="N",
+                   help="CPU-time budget: stop the same way once this process has used N CPU-minutes (all its threads; "
+                        "runs that share the cores get equal work, not equal wall time)")
+    p.add_argument("--freeze-encoder-steps", type=int, default=0, metavar="N",
+                   help="cnn, paracolorizer_fg/bg: keep the ResNet-18 encoder frozen (weights and BatchNorm statistics; "
+                        "no backward pass through it) for the first N steps, then train it (default: %(default)s)")
 
     g = p.add_argument_group("data")
     g.add_argument("--split", default="train", help="manifest split to train on (default: %(default)s)")

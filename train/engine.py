@@ -45,7 +45,7 @@ from colorizers.precision import PRECISIONS, autocast, memory_format, resolve_pr
 from colorizers.metrics import colourfulness
 
 from .data import ImageSet, read_images
-from .imagenet_init import calibration_l_norm, check_encoder_init, init_encoder_from_imagenet
+from .imagenet_init import IMAGENET_NETWORKS, calibration_l_norm, check_encoder_init, init_encoder_from_imagenet
 from .losses import (IGNORE_LABEL, EdgeLoss, GANLoss, RebalancedL1, SSIMLoss, l1_loss, masked_cross_entropy,
                      mse_loss)
 from .recipes import Adam, Phase, Recipe, get_recipe
@@ -94,6 +94,8 @@ class TrainingConfig:
     compile: bool = False
     precision: str = "auto"           # "auto": bf16 autocast + channels-last where native (CUDA, AMX/AVX512-BF16)
     minutes: float | None = None      # wall-clock budget: stop cleanly (checkpoint, export) when it is spent
+    cpu_minutes: float | None = None  # CPU-time budget of this process (all its threads), stopped the same way
+    freeze_encoder_steps: int = 0     # the generator's encoder is frozen (weights, BN statistics) for these steps
     cache: str | None = None          # folder of decoded images (the CLI's default: data.default_cache_dir())
     log_every: int = 10
     checkpoint_every: int = 1000
@@ -114,6 +116,14 @@ def resolve_recipe(config: TrainingConfig) -> Recipe:
         raise ValueError(f"--pretrain-share must be in [0, 1], got {config.pretrain_share}")
     if not config.resume:  # a resumed generator comes from its checkpoint, whatever initialised it
         check_encoder_init(config.network, config.encoder_init, config.model_config, init=config.init)
+    if config.freeze_encoder_steps < 0:
+        raise ValueError(f"--freeze-encoder-steps must be >= 0, got {config.freeze_encoder_steps}")
+    if config.freeze_encoder_steps and config.network not in IMAGENET_NETWORKS:
+        raise ValueError(f"--freeze-encoder-steps: {config.network} has no ResNet-18 encoder; it applies to "
+                         f"{', '.join(IMAGENET_NETWORKS)}")
+    for name in ("minutes", "cpu_minutes"):
+        if getattr(config, name) is not None and getattr(config, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
     image_size = config.image_size or recipe.image_size
     if image_size != recipe.image_size and not recipe.resizable:
         raise ValueError(f"{config.network} takes {recipe.image_size}x{recipe.image_size} images only")
@@ -358,6 +368,16 @@ class Trainer:
         self.phase: Phase | None = None
         self.generator_optimizer: torch.optim.Optimizer | None = None
         self.discriminator_optimizer: torch.optim.Optimizer | None = None
+        self.encoder_frozen = False
+
+    def freeze_encoder(self, frozen: bool) -> None:
+        """Freeze (or release) the generator's ResNet-18 encoder: no gradients (so no backward pass through it,
+        and Adam skips its weights) and eval-mode BatchNorm (its statistics stay as initialised). A warm-up with
+        a frozen ImageNet encoder trains the decoder to read the pretrained features before they are fine-tuned."""
+        encoder = self.generator.encoder
+        encoder.requires_grad_(not frozen)
+        encoder.train(not frozen and self.generator.training)
+        self.encoder_frozen = frozen
 
     def autocast(self):
         return autocast(self.device, self.precision)
@@ -470,6 +490,8 @@ class Trainer:
                 sums["colourfulness"] += float(colourfulness(self.predicted_rgb(batch, prediction)).sum())
                 sums["colourfulness_truth"] += float(colourfulness(batch.rgb.float()).sum())
         self.generator.train()
+        if self.encoder_frozen:
+            self.generator.encoder.eval()
         return {f"val_{term}": total / len(images) for term, total in sums.items()}
 
     def state_dict(self) -> dict:
@@ -717,9 +739,15 @@ def train(config: TrainingConfig) -> Path:
     log = LossLog(out_dir / LOSSES_CSV, columns, keep_until=start if checkpoint is not None else None)
     val_every = config.val_every or config.checkpoint_every
 
-    deadline = time.monotonic() + 60.0 * config.minutes if config.minutes else None
-    progress = tqdm(total=steps, initial=min(start, steps), desc=config.network, unit="step", dynamic_ncols=True)
     step, latest_val, began, began_cpu = start, {}, time.monotonic(), time.process_time()
+    deadline = began + 60.0 * config.minutes if config.minutes else None
+    cpu_deadline = began_cpu + 60.0 * config.cpu_minutes if config.cpu_minutes else None
+
+    def budget_spent() -> bool:
+        return ((deadline is not None and time.monotonic() >= deadline)
+                or (cpu_deadline is not None and time.process_time() >= cpu_deadline))
+
+    progress = tqdm(total=steps, initial=min(start, steps), desc=config.network, unit="step", dynamic_ncols=True)
     stop = StopRequest.install()  # SIGTERM / SIGINT: stop after this step, as a spent budget does
     try:
         for phase, begin, end in phase_schedule(phases, steps):
@@ -729,7 +757,9 @@ def train(config: TrainingConfig) -> Path:
             if checkpoint is not None and checkpoint["phase"] == phase.name and begin <= start:
                 trainer.load_optimizer_states(checkpoint)
             mean = RunningMean()
-            while step < end and not stop.requested and not (deadline is not None and time.monotonic() >= deadline):
+            while step < end and not stop.requested and not budget_spent():
+                if trainer.encoder_frozen != (step < config.freeze_encoder_steps):
+                    trainer.freeze_encoder(step < config.freeze_encoder_steps)
                 mean.add(trainer.step(*batches.next()))
                 step += 1
                 progress.update(1)
@@ -758,8 +788,10 @@ def train(config: TrainingConfig) -> Path:
     export(trainer.generator, out_dir, config.export_dtype)
     plot_curves(out_dir / LOSSES_CSV, out_dir / CURVES_PNG, config.network)
     elapsed = time.monotonic() - began
+    budget = " and ".join(f"{m:g} {unit}" for m, unit in ((config.minutes, "minute"), (config.cpu_minutes, "CPU-minute"))
+                          if m)
     status = ("finished" if step >= steps else "stopped on request (--resume continues)" if stop.requested
-              else f"stopped by the {config.minutes:g}-minute budget (--resume continues)")
+              else f"stopped by the {budget} budget (--resume continues)")
     terms = ", ".join(f"{k} {v:.4f}" for k, v in latest_val.items())
     with open(out_dir / HISTORY, "a") as f:
         f.write(json.dumps({
@@ -767,6 +799,7 @@ def train(config: TrainingConfig) -> Path:
             "images": (step - start) * recipe.batch_size, "minutes": round(elapsed / 60, 2),
             "cpu_minutes": round((time.process_time() - began_cpu) / 60, 2),
             "images_per_second": round((step - start) * recipe.batch_size / max(elapsed, 1e-9), 2),
+            "frozen_encoder_steps": max(0, min(step, config.freeze_encoder_steps) - start),
             "image_size": recipe.image_size, "batch_size": recipe.batch_size, "precision": trainer.precision,
             "threads": torch.get_num_threads(), "device": str(device), "init": config.init, "resume": config.resume,
             "stopped_by_budget": step < steps and not stop.requested, "stopped_on_request": stop.requested,

@@ -1,0 +1,186 @@
+"""Which start is worth the CPU: a Res-UNet at width 32 from random weights, or at width 64 from ImageNet?
+
+    python -m train.encoder_experiment run a --out runs/encoders      # one arm, in chunks of CPU-minutes
+    python -m train.encoder_experiment score --out runs/encoders      # every snapshot on the whole val split
+    python -m train.encoder_experiment plot --out runs/encoders --png docs/encoder-init.png
+
+The ParaColorizer generators (III-A, III-B) are "a UNet that uses a pre-trained ResNet-18 network as its
+encoder". This experiment measures what that start is worth at equal compute, on ``paracolorizer_bg``'s L1
+pre-training (its recipe's ``pretrain`` phase and data, at 128 x 128, one torch thread per arm):
+
+- ``a``: ``width=32`` from random weights (the width the project shipped first);
+- ``b``: ``width=64`` (torchvision's widths) with the ImageNet encoder (``--encoder-init imagenet``), fine-tuned
+  from the first step;
+- ``c``: the same start with the encoder frozen for a warm-up (``--freeze-encoder-steps``; no backward pass
+  through it, so those steps are cheaper), then fine-tuned.
+
+Each arm runs in chunks of ``--chunk`` CPU-minutes of its own process (``python -m train --cpu-minutes``, then
+``--resume``), so arms that share the cores get equal work, and each chunk's export is kept as a snapshot.
+``score`` evaluates every snapshot on the whole val split at 256 x 256 (FID, LPIPS, colourfulness, as
+``train.evaluate``; the ground truth's Inception features computed once) into ``scores.csv``; ``plot`` draws
+FID and LPIPS against CPU-minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+NETWORK = "paracolorizer_bg"
+DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "colorize256" / "manifest.csv")
+SCORES = "scores.csv"
+
+
+@dataclass(frozen=True)
+class Arm:
+    title: str
+    args: tuple[str, ...]
+
+
+ARMS = {
+    "a": Arm("width 32, random init", ("--config", "width=32")),
+    "b": Arm("width 64, ImageNet encoder, fine-tuned from the start",
+             ("--config", "width=64", "--encoder-init", "imagenet")),
+    "c": Arm("width 64, ImageNet encoder frozen for 250 steps, then fine-tuned",
+             ("--config", "width=64", "--encoder-init", "imagenet", "--freeze-encoder-steps", "250")),
+}
+
+
+def train_command(arm: str, out: Path, data: str, chunk: float, size: int, threads: int, resume: bool,
+                  extra: list[str]) -> list[str]:
+    """One chunk of an arm: the recipe's pre-training phase only, stopped after ``chunk`` CPU-minutes."""
+    command = [sys.executable, "-m", "train", NETWORK, "--data", data, "--out", str(out / arm), "--size", str(size),
+               "--pretrain-share", "1", "--steps", "1000000", "--threads", str(threads), "--cpu-minutes", str(chunk),
+               "--checkpoint-every", "1000000", *ARMS[arm].args, *extra]
+    return command + ["--resume"] if resume else command
+
+
+def history(run_dir: Path) -> list[dict]:
+    path = run_dir / NETWORK / "history.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def run(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    snapshots = out / args.arm / "snapshots"
+    for chunk in range(len(history(out / args.arm)) + 1, args.chunks + 1):
+        command = train_command(args.arm, out, args.data, args.chunk, args.size, args.threads,
+                                resume=chunk > 1, extra=args.extra)
+        print("$", " ".join(command), flush=True)
+        subprocess.run(command, check=True)
+        done = history(out / args.arm)
+        target = snapshots / f"{chunk:02d}" / NETWORK
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", "model.safetensors"):
+            shutil.copy2(out / args.arm / NETWORK / name, target / name)
+        (target.parent / "progress.json").write_text(json.dumps({
+            "arm": args.arm, "chunk": chunk, "step": done[-1]["to_step"],
+            "images": sum(h["images"] for h in done), "cpu_minutes": round(sum(h["cpu_minutes"] for h in done), 2)}))
+
+
+def snapshot_dirs(out: Path) -> list[Path]:
+    return sorted(p.parent for p in out.glob("*/snapshots/*/progress.json"))
+
+
+def score(args: argparse.Namespace) -> None:
+    """Every snapshot not yet in ``scores.csv``, scored on the val split against one set of truth features."""
+    import torch
+
+    import colorizers
+    from train import metrics
+    from train.data import read_images
+    from colorizers.color import rgb_to_l
+    from train.evaluate import GROUND_TRUTH, Evaluation
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    path = out / SCORES
+    rows = list(csv.DictReader(open(path))) if path.is_file() else []
+    done = {(r["arm"], int(r["chunk"])) for r in rows}
+    todo = [d for d in snapshot_dirs(out) if (d.parent.parent.name, int(d.name)) not in done]
+    if not todo:
+        print("every snapshot is scored")
+        return
+    images = read_images([args.data], split="val", size=256, num_threads=args.threads, cache=args.cache)
+    batches = [images.images[start:start + 16].float() / 255.0 for start in range(0, len(images.images), 16)]
+    lpips_net = metrics.LPIPSMetric(device="cpu")
+    truth = Evaluation(metrics.FIDMetric("cpu"), lpips_net, "cpu")
+    for batch in batches:
+        truth.add(GROUND_TRUTH, batch)
+    for snapshot in todo:
+        progress = json.loads((snapshot / "progress.json").read_text())
+        model = colorizers.load_colorizer(NETWORK, source=str(snapshot), device="cpu")
+        evaluation = Evaluation(truth.fid, lpips_net, "cpu")
+        evaluation.per_image[GROUND_TRUTH] = truth.per_image[GROUND_TRUTH]
+        evaluation.features[GROUND_TRUTH] = truth.features[GROUND_TRUTH]
+        for batch in batches:  # as train.evaluate: the model colours the ground truth's L
+            evaluation.add(NETWORK, model.colorize_l(rgb_to_l(batch)), batch)
+        result = next(r for r in evaluation.results() if r.name == NETWORK)
+        rows.append({**progress, "fid": round(result.fid, 3), "lpips": round(result.lpips, 4),
+                     "colourfulness": round(result.colourfulness, 2),
+                     "truth_colourfulness": round(evaluation.results()[-1].colourfulness, 2),
+                     "psnr": round(result.psnr, 3)})
+        print(rows[-1], flush=True)
+        rows.sort(key=lambda r: (r["arm"], int(r["chunk"])))
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def plot(args: argparse.Namespace) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(open(Path(args.out) / SCORES)))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric, label in ((axes[0], "fid", "FID (val, 699 images, 256²) ↓"), (axes[1], "lpips", "LPIPS ↓")):
+        for arm, spec in ARMS.items():
+            points = sorted((float(r["cpu_minutes"]), float(r[metric])) for r in rows if r["arm"] == arm)
+            if points:
+                ax.plot(*zip(*points), marker="o", label=f"({arm}) {spec.title}")
+        if args.grey_fid and metric == "fid":
+            ax.axhline(args.grey_fid, color="grey", linestyle="--", label="grey input")
+        ax.set(xlabel="CPU-minutes of training (128², L1 pre-training)", ylabel=label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("paracolorizer_bg: where to start the Res-UNet, at equal CPU time")
+    fig.tight_layout()
+    Path(args.png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.png, dpi=100)
+    print(f"wrote {args.png}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m train.encoder_experiment", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="train one arm in chunks of CPU-minutes, keeping a snapshot per chunk")
+    r.add_argument("arm", choices=sorted(ARMS))
+    r.add_argument("--chunks", type=int, default=4)
+    r.add_argument("--chunk", type=float, default=15.0, help="CPU-minutes per chunk (default: %(default)s)")
+    r.add_argument("--size", type=int, default=128)
+    r.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `python -m train` options")
+    s = sub.add_parser("score", help="score every new snapshot on the val split (scores.csv)")
+    s.add_argument("--cache", default=None, help="decoded-image cache (default: the training default)")
+    g = sub.add_parser("plot", help="FID and LPIPS against CPU-minutes")
+    g.add_argument("--png", required=True)
+    g.add_argument("--grey-fid", type=float, default=None, help="draw the grey input's FID as a line")
+    for q in (r, s, g):
+        q.add_argument("--out", required=True)
+        q.add_argument("--data", default=DEFAULT_DATA)
+        q.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    if args.command == "score" and args.cache is None:
+        from train.data import default_cache_dir
+        args.cache = str(default_cache_dir())
+    {"run": run, "score": score, "plot": plot}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
