@@ -194,8 +194,11 @@ def photo_folder(tmp_path_factory):
     return folder
 
 
-def test_engine_builds_an_imagenet_initialised_generator(weights, folded_torchvision, photo_folder):
-    config = TrainingConfig("paracolorizer_bg", [str(photo_folder)], "", image_size=32, encoder_init="imagenet",
+@pytest.mark.parametrize("network", ["paracolorizer_fg", "paracolorizer_bg"])
+def test_engine_builds_an_imagenet_initialised_generator(weights, folded_torchvision, photo_folder, network):
+    """Both ParaColorizer generators at width 64: their encoder is torchvision's ImageNet ResNet-18 (conv1 ..
+    layer3) on the grey input, layer by layer, in eval mode and in train mode on the calibration images."""
+    config = TrainingConfig(network, [str(photo_folder)], "", image_size=32, encoder_init="imagenet",
                             model_config={"width": 64}, device="cpu", num_threads=1)
     recipe = resolve_recipe(config)
     images = read_images(config.data, size=32, cache=None)

@@ -3,6 +3,7 @@ resume, --init, the CLI and the object-proposal tools."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import tarfile
@@ -20,7 +21,8 @@ import colorizers
 from train.__main__ import main, parse_args
 from train.data import read_images
 from train.engine import (CHECKPOINT, CURVES_PNG, LOSSES_CSV, TRAINING_CONFIG, InMemoryBatches, TrainingConfig,
-                          class_indices, export, frequent_classes, needs_host_copy, read_loss_log, train)
+                          build_generator, class_indices, export, frequent_classes, needs_host_copy, read_loss_log,
+                          resolve_recipe, train)
 from train import metrics, proposals
 from train.losses import IGNORE_LABEL
 from train.proposals import Detector, Detections, decode, grid_and_strides, propose, read_proposal_crops, square_crop_box
@@ -448,6 +450,63 @@ def test_a_run_stopped_by_its_time_budget_is_loadable_and_resumes_to_the_same_we
     b = colorizers.load_network("paracolorizer_bg", resumed.parent).state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"resumed run differs in {key}")
+
+
+def test_a_cpu_time_budget_stops_a_run_as_a_wall_clock_budget_does(mini_set, tmp_path, monkeypatch, capsys):
+    """``--cpu-minutes``: the process's CPU time (10 s per step here) ends the run after a known step, with a
+    checkpoint, a loadable export and a history line; runs sharing the cores get equal work this way."""
+    from train import engine
+    steps = {"n": 0}
+    step = engine.Trainer.step
+
+    def counted_step(self, *args):
+        steps["n"] += 1
+        return step(self, *args)
+
+    monkeypatch.setattr(engine.Trainer, "step", counted_step)
+    monkeypatch.setattr(engine.time, "process_time", lambda: 10.0 * steps["n"])
+    boxed = train(small_run("cnn", [str(mini_set / "folder")], tmp_path, steps=6, cpu_minutes=0.5))
+    report = capsys.readouterr()
+    assert "stopped by the 0.5 CPU-minute budget (--resume continues) at step 3/6" in report.out + report.err
+    assert torch.load(boxed / CHECKPOINT, weights_only=False)["step"] == 3
+    history = json.loads((boxed / "history.jsonl").read_text().splitlines()[-1])
+    assert history["stopped_by_budget"] and history["to_step"] == 3 and history["cpu_minutes"] == 0.5
+    assert parse_args(["cnn", "--data", "x", "--out", "y", "--cpu-minutes", "90"]).cpu_minutes == 90
+    with pytest.raises(ValueError, match="--cpu-minutes must be positive"):
+        train(small_run("cnn", [str(mini_set / "folder")], tmp_path / "zero", cpu_minutes=0))
+
+
+def encoder_state(generator_state: dict) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in generator_state.items() if k.startswith("encoder.")}
+
+
+def test_a_frozen_encoder_is_unchanged_until_released_then_trains(mini_set, tmp_path):
+    """``--freeze-encoder-steps``: the encoder's weights and BatchNorm statistics stay exactly as they started
+    while the decoder trains; after the warm-up, the encoder trains too (also across ``--resume``)."""
+    data = [str(mini_set / "folder")]
+    config = small_run("paracolorizer_bg", data, tmp_path / "run", steps=2, pretrain_share=1.0,
+                       freeze_encoder_steps=2, export_dtype="float32")
+    torch.manual_seed(config.seed)  # the engine seeds before building the generator, so this is its start
+    initial = build_generator(config, resolve_recipe(config), read_images(data, size=SIZE, cache=None), None)
+    initial = {k: v.clone() for k, v in initial.state_dict().items()}
+    frozen = torch.load(train(config) / CHECKPOINT, weights_only=False)["generator"]
+    for key, value in encoder_state(initial).items():
+        assert torch.equal(frozen[key], value), f"{key} changed while the encoder was frozen"
+    decoder = [k for k in initial if not k.startswith("encoder.") and initial[k].is_floating_point()]
+    assert any(not torch.equal(frozen[k], initial[k]) for k in decoder), "the decoder did not train"
+
+    released = train(dataclasses.replace(config, steps=4, resume=True))
+    after = torch.load(released / CHECKPOINT, weights_only=False)["generator"]
+    changed = [k for k, v in encoder_state(initial).items() if not torch.equal(after[k], v)]
+    assert any(k.endswith("conv1.weight") for k in changed) and any(k.endswith("running_mean") for k in changed)
+    history = [json.loads(line) for line in (released / "history.jsonl").read_text().splitlines()]
+    assert [h["frozen_encoder_steps"] for h in history] == [2, 0]
+
+
+def test_freezing_needs_a_resnet18_encoder(mini_set, tmp_path):
+    with pytest.raises(ValueError, match="attention_ugan has no ResNet-18 encoder"):
+        train(small_run("attention_ugan", [str(mini_set / "folder")], tmp_path, freeze_encoder_steps=2))
+    assert parse_args(["cnn", "--data", "x", "--out", "y", "--freeze-encoder-steps", "5"]).freeze_encoder_steps == 5
 
 
 def test_kill_stops_a_run_cleanly_after_its_step(mini_set, tmp_path, monkeypatch, capsys):

@@ -788,7 +788,7 @@ def train(config: TrainingConfig) -> Path:
     export(trainer.generator, out_dir, config.export_dtype)
     plot_curves(out_dir / LOSSES_CSV, out_dir / CURVES_PNG, config.network)
     elapsed = time.monotonic() - began
-    budget = " and ".join(f"{m:g} {unit}" for m, unit in ((config.minutes, "minute"), (config.cpu_minutes, "CPU-minute"))
+    budget = " and ".join(f"{m:g}{unit}" for m, unit in ((config.minutes, "-minute"), (config.cpu_minutes, " CPU-minute"))
                           if m)
     status = ("finished" if step >= steps else "stopped on request (--resume continues)" if stop.requested
               else f"stopped by the {budget} budget (--resume continues)")
