@@ -5,7 +5,7 @@
     python -m train.plan ship --root runs --eval runs/eval  # copy the final weights into assets/weights + model cards
 
 Every network follows its recipe (``recipes.py``) in stages that are separate, time-boxed ``python -m train``
-runs, so each one ends cleanly within a session and the next continues from it:
+runs, so each one ends cleanly within its time box and the next continues from it:
 
 - the GANs (``attention_ugan``, ``paracolorizer_fg``, ``paracolorizer_bg``): L1 pre-training at 128 x 128, then
   the adversarial phase at 128 x 128 starting from the pre-trained generator (``--init``: a fresh optimizer and
@@ -26,16 +26,16 @@ the discriminator at 5e-5 (the recipe: 2e-4), and ``attention_ugan`` at ``base_w
 instead of 8.7 M: the full width trains at 4 images/s per core adversarially). Every such choice is in the
 stage's arguments, and from there in ``training_config.json`` and the model card.
 
-Session 2 rebalanced ParaColorizer's adversarial phase (``COLOUR_UP`` then ``SETTLE`` below): with pix2pix's
+Release 0.4.0 rebalanced ParaColorizer's adversarial phase (``COLOUR_UP`` then ``SETTLE`` below): with pix2pix's
 lambda = 100 and the lowered rates, 200 adversarial steps had barely moved the L1 generators' sepia (val
 colourfulness ~20 against the truth's ~38-42), so a stretch at a lower L1 weight lifted the colours and lambda 100
 at still lower rates (G 5e-5, D 2e-5) settled them. The weights of each stage are watched on validation
-colourfulness and L1 every 100 steps (``losses.csv``). Session 3 gave ``attention_ugan`` a new adversarial run at
+colourfulness and L1 every 100 steps (``losses.csv``). Release 0.5.0 gave ``attention_ugan`` a new adversarial run at
 the lowered rates from its longer L1 pre-training, moved the CNN baselines to the rebalanced L1 (``REBALANCED``),
-and lengthened the generators' 256 x 256 stages. Session 4 put the GANs on the rebalanced L1 too (``REBALANCED_GAN``):
+and lengthened the generators' 256 x 256 stages. 0.6.0 put the GANs on the rebalanced L1 too (``REBALANCED_GAN``):
 ``attention_ugan`` in a new adversarial run at lambda 300, ParaColorizer's generators continued at lambda 100 (128 then
 256), and ``attention_ugan`` and the background generator settled at 256 x 256 with lambda 300 and G at 2e-5.
-Session 5 settled the foreground generator the same way and ``attention_ugan`` under a heavier reconstruction term
+0.7.0 settled the foreground generator the same way and ``attention_ugan`` under a heavier reconstruction term
 (lambda 1000) for fewer wrong colours; a stronger rebalancing (``REBALANCED_GAN_08``) then gave ``attention_ugan`` and
 the background generator back some colour, which the fusion needed.
 Stages stopped by hand (``kill``, which stops a run cleanly after its step) have their measured length in the history
@@ -62,19 +62,19 @@ PROPOSALS = "{root}/proposals.npz"
 #: Arguments every stage shares: validation on 200 val images every 250 steps, batch 16, one thread.
 COMMON = ("--val-data", DATA, "--max-val-images", "200", "--batch-size", "16", "--checkpoint-every", "500",
           "--val-every", "250", "--log-every", "20", "--threads", "1")
-#: The same for a stage on the GPU (``Stage.device == "cuda"``; session 8, the one session lent a GPU): the recipes'
+#: The same for a stage on the GPU (``Stage.device == "cuda"``; release 0.8.0, on an H200): the recipes'
 #: batch of 32, four threads for decoding, validation as on the CPU.
 GPU_COMMON = ("--val-data", DATA, "--max-val-images", "200", "--batch-size", "32", "--checkpoint-every", "100000",
               "--val-every", "250", "--log-every", "50", "--threads", "4", "--device", "cuda")
 ADVERSARIAL_128 = ("--lr", "1e-4", "--d-lr", "5e-5", "--steps", "100000", "--size", "128")
-#: Session 2's rebalancing of ParaColorizer's adversarial phase (each continues the run before it, ``--resume``):
+#: Release 0.4.0's rebalancing of ParaColorizer's adversarial phase (each continues the run before it, ``--resume``):
 #: a lower L1 weight lifts the colours out of the L1 model's sepia (lambda 30 overshot: val colourfulness swung
 #: 33-62 against the truth's 38, with magenta blotches; 50 oscillated less), then lambda 100 at lower rates lets
 #: them settle (val L1 back to ~0.09 with colourfulness ~30).
 COLOUR_UP = ("--lr", "1e-4", "--d-lr", "5e-5", "--steps", "100000", "--resume")
 SETTLE = ("--lr", "5e-5", "--d-lr", "2e-5", "--loss-weight", "l1=100", "--steps", "100000", "--resume")
-#: Session 3: the CNN baselines' L1 regression stayed at ~16 colourfulness (the truth's ~42), under the issue's
-#: bar of half; they continue on the rebalanced L1 (``losses.RebalancedL1``, Zhang et al. 2016 2.2). Zhang's
+#: Release 0.5.0: the CNN baselines' L1 regression stayed at ~16 colourfulness (the truth's ~42), under the target
+#: of half; they continue on the rebalanced L1 (``losses.RebalancedL1``, Zhang et al. 2016 2.2). Zhang's
 #: mix of 0.5 overshot on a probe (8 min of ``cnn`` at 128: colourfulness 41 on 150 val images against the truth's
 #: 36, LPIPS 0.217 and FID 97.4, worse than grey's 0.206 / 96.1); 0.9 reached 32.3 with LPIPS 0.186 and FID 90.0
 #: (the L1 model: 17.3, 0.178, 85.4).
@@ -87,38 +87,38 @@ def rebalanced_gan(mix: str) -> tuple[str, ...]:
     return ("--d-lr", "2e-5", "--rebalance-mix", mix, "--loss-weight", "l1=0", "--steps", "100000")
 
 
-#: Session 4: the GANs' L1 term rebalanced the same way (lambda 100 as pix2pix's, or 300 to calm a run, given by the
+#: Release 0.6.0: the GANs' L1 term rebalanced the same way (lambda 100 as pix2pix's, or 300 to calm a run, given by the
 #: stage), to lift their colours through the reconstruction term rather than the adversarial one: attention_ugan's
 #: adversarial run had overshot to garish colours (val colourfulness 47, LPIPS 0.249 against grey's 0.211) while
-#: ParaColorizer's generators, and so their fusion (which averages their colourings, README), stayed short of the
-#: truth (31.5 and 34.2; fused 28.7 against 41.9).
+#: ParaColorizer's generators, and so their fusion (which averages their colourings, docs/training.md), stayed
+#: short of the truth (31.5 and 34.2; fused 28.7 against 41.9).
 #: The colour-up stretch runs the generator at 1e-4, the finish at 5e-5 and the settling at 2e-5 (lambda 300); the
 #: discriminator stays at 2e-5.
 REBALANCED_GAN = rebalanced_gan("0.9")
 LAMBDA_100 = ("--loss-weight", "l1_rebalanced=100")
 LAMBDA_300 = ("--loss-weight", "l1_rebalanced=300")
-#: Session 5: attention_ugan stayed above grey's LPIPS after settling at lambda 300 (0.226 against 0.211 on val,
+#: Release 0.7.0: attention_ugan stayed above grey's LPIPS after settling at lambda 300 (0.226 against 0.211 on val,
 #: colourfulness 37.6 against the truth's 41.9); a still heavier reconstruction term trades some of its colour margin
 #: for fewer wrong colours.
 LAMBDA_1000 = ("--loss-weight", "l1_rebalanced=1000")
-#: Session 5: the fused result averages its parts' colourings (README) and so stays short of the truth's
+#: Release 0.7.0: the fused result averages its parts' colourings (docs/training.md) and so stays short of the truth's
 #: colourfulness; a stronger rebalancing of the reconstruction term (uniform share 0.8 instead of 0.9) lifts the
 #: generators' rarer colours without a stronger adversarial term (attention_ugan's lambda 1000 had cost it more
 #: colour than LPIPS needed: 300 val images, colourfulness 36.2 -> 30.8 against the truth's 38.8, LPIPS 0.214 -> 0.185).
 REBALANCED_GAN_08 = rebalanced_gan("0.8")
-#: Session 8 (the one session lent a GPU, an H200 for 15 minutes): the two ParaColorizer generators continued from
+#: Release 0.8.0 (on an H200, for 15 minutes): the two ParaColorizer generators continued from
 #: their shipped weights at 256 x 256 for 3,637 (foreground) and 4,482 (background) more steps (batch 32: 5 and 9
 #: epochs' worth, more than all their CPU adversarial training), in four runs side by side on the GPU, a stage per snapshot: each at its shipped
 #: rebalancing (foreground 0.9, background 0.8) and one step stronger (0.8, 0.7), lambda 300, G 5e-5 then 2e-5,
 #: D 2e-5 (a new PatchGAN: ``--init`` carries the generator only). Every snapshot of each generator, alone and fused
-#: with every snapshot of the other, was scored on the whole val split on the GPU (FID, colourfulness; README,
-#: session 8): the shipped rebalancing drained the foreground's colour (val colourfulness 33 -> 26-28, FID 52.9 ->
-#: 49.0-49.5), the stronger kept it and bettered FID too; its last snapshots (below) are shipped, the pair with the
-#: widest colour margins among the lowest fused FIDs (README, session 8).
+#: with every snapshot of the other, was scored on the whole val split on the GPU (FID, colourfulness;
+#: docs/training.md): the shipped rebalancing drained the foreground's colour (val colourfulness 33 -> 26-28,
+#: FID 52.9 -> 49.0-49.5), the stronger kept it and bettered FID too; its last snapshots (below) are shipped, the pair
+#: with the widest colour margins among the lowest fused FIDs (docs/training.md).
 
 
 def gpu_finish(run: str, init: str, mix: str, extra: tuple[str, ...] = ()) -> tuple[Stage, ...]:
-    """Session 8's GPU stages for one generator: ``--init`` from its shipped run, then ``--resume``; rebalanced L1
+    """Release 0.8.0's GPU stages for one generator: ``--init`` from its shipped run, then ``--resume``; rebalanced L1
     at ``mix``, lambda 300, G 5e-5 for two stages and 2e-5 for three (the fifth added after the first evaluation).
     Their minutes are wall-clock minutes on the GPU, which four runs shared."""
     def stage(k: int, lr: str, minutes: float) -> Stage:
@@ -153,10 +153,10 @@ PLAN: dict[str, tuple[Stage, ...]] = {
                                                   "--loss-weight", "l1=50"), 3),
         Stage("adversarial 128, λ 100, lower rates", "bg_adv", ("--init", "{root}/bg_pre", *SETTLE, "--size", "128"), 50),
         Stage("adversarial 256, λ 100, lower rates", "bg_adv", ("--init", "{root}/bg_pre", *SETTLE, "--size", "256"), 12),
-        # Session 3: stopped after 20 steps to give the core to the CNN baselines, then continued.
-        Stage("adversarial 256, λ 100, lower rates, session 3", "bg_adv", ("--init", "{root}/bg_pre", *SETTLE,
+        # Part 2 was stopped after 20 steps to give the core to the CNN baselines; part 3 continued it.
+        Stage("adversarial 256, λ 100, lower rates, part 2", "bg_adv", ("--init", "{root}/bg_pre", *SETTLE,
                                                                            "--size", "256"), 3.4),
-        Stage("adversarial 256, λ 100, lower rates, session 3 (continued)", "bg_adv",
+        Stage("adversarial 256, λ 100, lower rates, part 3", "bg_adv",
               ("--init", "{root}/bg_pre", *SETTLE, "--size", "256"), 30),
         Stage("adversarial 128, rebalanced λ 100", "bg_adv", ("--init", "{root}/bg_pre", *REBALANCED_GAN, *LAMBDA_100,
                                                               "--lr", "1e-4", "--size", "128", "--resume"), 22),
@@ -168,8 +168,8 @@ PLAN: dict[str, tuple[Stage, ...]] = {
         Stage("adversarial 256, rebalanced (mix 0.8) λ 300", "bg_adv", ("--init", "{root}/bg_pre", *REBALANCED_GAN_08,
                                                                          *LAMBDA_300, "--lr", "2e-5",
                                                                          "--size", "256", "--resume"), 40),
-        # Session 7 branched this run at lambda 1000 (G 2e-5, 256, ~220 steps, mix 0.9 and 0.8): each fusion that
-        # beat cnn_classifier's FID had lost the fused colour the bar needs; not shipped (README, session 7).
+        # After 0.7.0 this run was branched at lambda 1000 (G 2e-5, 256, ~220 steps, mix 0.9 and 0.8): each fusion that
+        # beat cnn_classifier's FID had lost the fused colour the target needs; not shipped (docs/training.md).
         *gpu_finish("bg_gpu", "{root}/bg_adv", "0.7"),
     ),
     "paracolorizer_fg": (
@@ -184,7 +184,7 @@ PLAN: dict[str, tuple[Stage, ...]] = {
                                                                 *SETTLE, "--size", "128"), 40),
         Stage("adversarial 256, λ 100, lower rates", "fg_adv", ("--proposals", PROPOSALS, "--init", "{root}/fg_pre",
                                                                 *SETTLE, "--size", "256"), 12),
-        Stage("adversarial 256, λ 100, lower rates, session 3", "fg_adv", ("--proposals", PROPOSALS, "--init",
+        Stage("adversarial 256, λ 100, lower rates, part 2", "fg_adv", ("--proposals", PROPOSALS, "--init",
                                                                            "{root}/fg_pre", *SETTLE, "--size", "256"),
               50),
         Stage("adversarial 128, rebalanced λ 100", "fg_adv", ("--proposals", PROPOSALS, "--init", "{root}/fg_pre",
@@ -193,16 +193,16 @@ PLAN: dict[str, tuple[Stage, ...]] = {
         Stage("adversarial 256, rebalanced λ 100", "fg_adv", ("--proposals", PROPOSALS, "--init", "{root}/fg_pre",
                                                               *REBALANCED_GAN, *LAMBDA_100, "--lr", "5e-5",
                                                               "--size", "256", "--resume"), 14),
-        # Run at the end of session 4, shipped in session 5.
+        # Run after 0.6.0 shipped, shipped in 0.7.0.
         Stage("adversarial 256, rebalanced λ 300, settle", "fg_adv", ("--proposals", PROPOSALS, "--init",
                                                                       "{root}/fg_pre", *REBALANCED_GAN, *LAMBDA_300,
                                                                       "--lr", "2e-5", "--size", "256", "--resume"), 33),
-        # Session 5 also tried the stronger rebalancing here (mix 0.8, lambda 300, G 2e-5, 182 steps at 256, 25
+        # 0.7.0 also tried the stronger rebalancing here (mix 0.8, lambda 300, G 2e-5, 182 steps at 256, 25
         # CPU-minutes): on the whole val split its fusion lost the lowest FID (48.64 against cnn_classifier's 48.05),
         # so it is not shipped; this settled generator fuses with the mix-0.8 background instead.
-        # Sessions 6 and 7 branched this run at lambda 1000 (187 steps) and 600 (180 steps), G 2e-5, 256, and averaged
+        # After 0.7.0 this run was branched at lambda 1000 (187 steps) and 600 (180 steps), G 2e-5, 256, and averaged
         # its weights with the lambda-1000 branch: the fusion reached FID 47.88, but the generator alone lost the
-        # colour its own bar needs (28.7 against 31.9); not shipped (README, session 7).
+        # colour its own target needs (28.7 against 31.9); not shipped (docs/training.md).
         *gpu_finish("fg_gpu", "{root}/fg_adv", "0.8", ("--proposals", PROPOSALS)),
     ),
     "paracolorizer_fusion": (
@@ -211,12 +211,12 @@ PLAN: dict[str, tuple[Stage, ...]] = {
         # The first two stages shared the CPU with benchmarks and reached 131 steps; two more followed.
         Stage("train 128, continued", "fusion", ("--size", "128", "--steps", "100000", "--resume"), 13),
         Stage("train 256, continued", "fusion", ("--size", "256", "--steps", "100000", "--resume"), 3),
-        # Session 2: the fused images still had a pale green cast on bright areas (reconstruction RMSE ~10/255).
-        Stage("train 128, session 2", "fusion", ("--size", "128", "--steps", "100000", "--resume"), 9),
-        Stage("train 256, session 2", "fusion", ("--size", "256", "--steps", "100000", "--resume"), 4),
-        # Session 6 trained it further, not shipped: 1,881 steps at 128² (Adam 1e-4) and 111 at 256² (3e-5), 33
+        # 0.4.0: the fused images still had a pale green cast on bright areas (reconstruction RMSE ~10/255).
+        Stage("train 128, part 3", "fusion", ("--size", "128", "--steps", "100000", "--resume"), 9),
+        Stage("train 256, part 3", "fusion", ("--size", "256", "--steps", "100000", "--resume"), 4),
+        # After 0.7.0 it was trained further, not shipped: 1,881 steps at 128² (Adam 1e-4) and 111 at 256² (3e-5), 33
         # CPU-minutes, val MSE 0.00088 -> 0.0002, 1 - SSIM 0.0097 -> 0.0036. A truer reconstruction made the fused
-        # result more like a plain overlay of the two colourings: whole val split FID 48.18 -> 48.99 (README).
+        # result more like a plain overlay of the two colourings: whole val split FID 48.18 -> 48.99 (docs/training.md).
     ),
     "cnn": (
         Stage("train 128", "cnn", ("--size", "128", "--steps", "100000"), 12),
@@ -225,12 +225,12 @@ PLAN: dict[str, tuple[Stage, ...]] = {
                                                 "--steps", "100000"), 8),
         Stage("rebalanced L1 256", "cnn_rb09", ("--init", "{root}/cnn", *REBALANCED, "--size", "256",
                                                 "--steps", "100000", "--resume"), 4),
-        # Session 9: the baseline had had 29 CPU-minutes (about 4.5 epochs' worth); the same rebalanced L1 from its
+        # Release 0.9.0: the baseline had had 29 CPU-minutes (about 4.5 epochs' worth); the same rebalanced L1 from its
         # shipped weights, 55 + 15 more (about 13 epochs at 128, one at 256): whole-val FID 53.05 -> 50.69, LPIPS
         # 0.181 -> 0.179, colourfulness 25.9 -> 28.8.
-        Stage("rebalanced L1 128, session 9", "cnn_s9", ("--init", "{root}/cnn_rb09", *REBALANCED, "--size", "128",
+        Stage("rebalanced L1 128, longer run", "cnn_s9", ("--init", "{root}/cnn_rb09", *REBALANCED, "--size", "128",
                                                           "--steps", "100000"), 55),
-        Stage("rebalanced L1 256, session 9", "cnn_s9", ("--init", "{root}/cnn_rb09", *REBALANCED, "--size", "256",
+        Stage("rebalanced L1 256, longer run", "cnn_s9", ("--init", "{root}/cnn_rb09", *REBALANCED, "--size", "256",
                                                           "--steps", "100000", "--resume"), 15),
     ),
     "cnn_classifier": (
@@ -241,16 +241,16 @@ PLAN: dict[str, tuple[Stage, ...]] = {
     "attention_ugan": (
         Stage("pretrain 128", "augan_pre", ("--size", "128", "--config", "base_width=16", "--pretrain-share", "1",
                                             "--steps", "100000"), 10),
-        # Session 1 fine-tuned these 433 steps adversarially (run augan_adv: 224 steps, 15 CPU-minutes) and shipped
-        # that; session 2 continued it 408 steps at pix2pix's rates, and it turned purple-magenta with red blotches.
+        # 0.3.0 fine-tuned these 433 steps adversarially (run augan_adv: 224 steps, 15 CPU-minutes) and shipped
+        # that; 0.4.0 continued it 408 steps at pix2pix's rates, and it turned purple-magenta with red blotches.
         # Both are superseded: the generator's L1 pre-training went on, then a new adversarial run at lower rates.
         Stage("pretrain 128, continued", "augan_pre", ("--size", "128", "--config", "base_width=16", "--pretrain-share",
                                                        "1", "--steps", "100000", "--resume"), 7),
-        Stage("pretrain 128, session 2", "augan_pre", ("--size", "128", "--config", "base_width=16", "--pretrain-share",
+        Stage("pretrain 128, part 3", "augan_pre", ("--size", "128", "--config", "base_width=16", "--pretrain-share",
                                                        "1", "--steps", "100000", "--resume"), 25),
-        # Session 3's adversarial run from this generator (augan_adv3: 1,030 steps at G 1e-4 / D 5e-5, 1,295 at
+        # 0.5.0's adversarial run from this generator (augan_adv3: 1,030 steps at G 1e-4 / D 5e-5, 1,295 at
         # lambda 100 with G 5e-5 / D 2e-5, 125 at 256; 90 CPU-minutes) overshot to garish colours (val colourfulness
-        # 47, LPIPS 0.249), so session 4 started a new one with the rebalanced L1 in place of plain L1. At lambda 100
+        # 47, LPIPS 0.249), so 0.6.0 started a new one with the rebalanced L1 in place of plain L1. At lambda 100
         # and G 1e-4 (run augan_rb_l100, 536 steps, 15 CPU-minutes) validation colourfulness swung 41, 47, 33
         # (truth 38) within 15 minutes; lambda 300 at G 5e-5 is calmer. Neither is shipped or in the spend table.
         Stage("adversarial 128, rebalanced λ 300", "augan_rb", ("--init", "{root}/augan_pre", *REBALANCED_GAN,
@@ -272,17 +272,17 @@ PLAN: dict[str, tuple[Stage, ...]] = {
                                                                            *REBALANCED_GAN_08, *LAMBDA_1000,
                                                                            "--lr", "2e-5", "--size", "256", "--resume"),
               25),
-        # Session 8, on the CPU while the GPU's results were shipped: the same settings from the shipped weights (a new
+        # Release 0.8.0, on the CPU beside the GPU's runs: the same settings from the shipped weights (a new
         # PatchGAN), 128 then 256, two runs side by side: at mix 0.8 whole-val FID 53.44 -> 51.93 with LPIPS (0.199)
         # and colour (34.8 -> 34.1) held, shipped; at mix 0.7 (run augan_s8b, not shipped) 51.83 but LPIPS 0.201.
-        Stage("adversarial 128, rebalanced (mix 0.8) λ 1000, session 8", "augan_s8",
+        Stage("adversarial 128, rebalanced (mix 0.8) λ 1000, new PatchGAN", "augan_s8",
               ("--init", "{root}/augan_rb", *REBALANCED_GAN_08, *LAMBDA_1000, "--lr", "2e-5", "--size", "128"), 33),
-        Stage("adversarial 256, rebalanced (mix 0.8) λ 1000, session 8", "augan_s8",
+        Stage("adversarial 256, rebalanced (mix 0.8) λ 1000, new PatchGAN", "augan_s8",
               ("--init", "{root}/augan_rb", *REBALANCED_GAN_08, *LAMBDA_1000, "--lr", "2e-5", "--size", "256",
                "--resume"), 12),
-        # Session 9 went on from these weights the same way for longer (run augan_s9, --init augan_s8: 2,318 steps at
-        # 128 in 70 CPU-minutes, 158 at 256 in 20): whole-val FID 51.93 -> 52.74 with LPIPS 0.199 -> 0.197, PSNR
-        # 22.00 -> 22.10, colourfulness 34.1 -> 34.0. FID, the metric the models are ranked on, got worse (by less
+        # For 0.9.0 it went on from these weights the same way for longer (run augan_s9, --init augan_s8: 2,318
+        # steps at 128 in 70 CPU-minutes, 158 at 256 in 20): whole-val FID 51.93 -> 52.74 with LPIPS 0.199 -> 0.197,
+        # PSNR 22.00 -> 22.10, colourfulness 34.1 -> 34.0. FID, the metric the models are ranked on, got worse (by less
         # than its noise at 699 images), so it is not shipped and not in the spend table.
     ),
 }
@@ -411,8 +411,8 @@ def model_card(network: str, root: Path, eval_dir: Path | None, dest: Path) -> s
         f"{' and their object-proposal crops' if network == 'paracolorizer_fg' else ''}; "
         "validation on 200 images of the val split.",
         "- **Hardware**: the project's 2-core CPU (AMD EPYC Zen 4 with AVX512-BF16), one torch thread per run, bf16 "
-        "autocast + channels-last" + ("; the GPU stages on one NVIDIA H200 (session 8; the GPU ran two to four such "
-                                      "runs at once), bf16 autocast + channels-last." if on_gpu else "."), "",
+        "autocast + channels-last" + ("; the GPU stages on one NVIDIA H200 (release 0.8.0; the GPU ran two to four "
+                                      "such runs at once), bf16 autocast + channels-last." if on_gpu else "."), "",
         "## Training stages", "",
         "| stage | device | phase | size | steps | images | minutes | images per second | val L1 (ab/110) after "
         "| val colourfulness after (truth) |",
@@ -454,7 +454,7 @@ def model_card(network: str, root: Path, eval_dir: Path | None, dest: Path) -> s
                 lines.append(f"| {name} | {' | '.join(cells)} |")
         lines += ["", "## Examples", "",
                   "Grey input, the six models and the ground truth on the first val photos (`train.evaluate "
-                  "--examples 8`; the project README discusses them):", "",
+                  "--examples 8`; docs/training.md discusses them):", "",
                   "![grey input, the six models and the ground truth](../../results/examples.png)", ""]
     lines += ["## Reproduce", "", "From the repository root, on the colorize256 data next to it (`../shared/data`); "
               "the step counts are the ones this run reached, so the commands repeat it step for step:", "",
@@ -469,7 +469,7 @@ def model_card(network: str, root: Path, eval_dir: Path | None, dest: Path) -> s
 
 
 def summary(root: Path, networks: list[str]) -> str:
-    """The README's table of what the plan spent per network, from the runs' ``history.jsonl``."""
+    """The spend table (docs/training.md) of what the plan spent per network, from the runs' ``history.jsonl``."""
     lines = ["| network | stages (size: steps) | images seen | CPU-minutes | GPU-minutes |", "|---|---|---:|---:|---:|"]
     total = total_gpu = 0.0
     for network in networks:
@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--eval", default=None, help="a train.evaluate output folder (metrics.csv) for the cards")
     s.add_argument("--dest", default=str(REPO / "assets" / "weights"))
     s.add_argument("--networks", nargs="+", choices=list(PLAN), default=list(PLAN))
-    m = sub.add_parser("summary", help="print the README table of the stages run, from the runs' history")
+    m = sub.add_parser("summary", help="print the spend table of the stages run, from the runs' history")
     m.add_argument("--root", default="runs")
     m.add_argument("--networks", nargs="+", choices=list(PLAN), default=list(PLAN))
     args = p.parse_args(argv)
