@@ -33,7 +33,7 @@ from colorizers.precision import cpu_has_native_bf16  # noqa: E402
 #: 3x3 convolutions of the widths and sizes the Res-UNets, the Attention U-Net and DenseFuse are made of at 256x256
 #: (channels in = out, side of the feature map), batch 1 as in the app.
 PEAK_SHAPES = ((64, 64, 256), (128, 128, 64), (256, 256, 32))
-#: Latency targets the floor is checked against (issue 8, set on an AMX-BF16 Xeon).
+#: Latency targets the floor is checked against (set for an AMX-BF16 Xeon; docs/benchmarks.md).
 TARGET_MS = {"paracolorizer": 60.0}
 
 

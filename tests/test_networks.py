@@ -138,10 +138,10 @@ def test_weighted_overlay_mixes_the_two_colourings_and_refuses_weights_outside_0
             WeightedOverlay(para.foreground, para.background, alpha)
 
 
-def test_default_widths_fit_the_80_mb_fp16_budget(tmp_path):
-    """The six networks at their default widths, exported as training exports them, ship in 80 MB at most."""
+def test_default_widths_fit_the_250_mb_fp16_budget(tmp_path):
+    """The six networks at their default widths, exported as training exports them, ship in 250 MB at most."""
     from train.engine import export
     for name in colorizers.NETWORK_NAMES:
         export(colorizers.build_model(name), tmp_path / name)
     sizes = {name: (tmp_path / name / "model.safetensors").stat().st_size for name in colorizers.NETWORK_NAMES}
-    assert sum(sizes.values()) < 80e6, sizes
+    assert sum(sizes.values()) < 250e6, sizes

@@ -17,7 +17,7 @@ from colorizers.color import rgb_to_lab
 from colorizers.pipeline import image_to_tensor
 
 WEIGHTS = colorizers.BUNDLED_WEIGHTS
-BUDGET_MB = 80
+BUDGET_MB = 250
 #: Real photographs without a download: scikit-image's samples, greyed here (so the model sees only L).
 PHOTOS = {"astronaut": skdata.astronaut, "coffee": skdata.coffee, "chelsea": skdata.chelsea, "rocket": skdata.rocket}
 #: Mean Lab chroma a coloured result must clearly exceed. A grey image has 0; the val photos' ground truth averages

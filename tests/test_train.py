@@ -182,7 +182,7 @@ def test_foreground_trains_on_images_and_crops_background_on_scenes_too(trained)
 
 
 def test_only_a_host_resident_set_is_copied_to_the_training_device():
-    """Session 8's first GPU run failed on this: a set placed on ``cuda`` lives on ``cuda:0``, and comparing the two
+    """The first GPU training run failed on this: a set placed on ``cuda`` lives on ``cuda:0``, and comparing the two
     devices sent every GPU batch to ``pin_memory``, which refuses GPU tensors."""
     cuda, cuda0, cpu = torch.device("cuda"), torch.device("cuda:0"), torch.device("cpu")
     assert not needs_host_copy(cuda0, cuda)

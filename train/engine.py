@@ -18,7 +18,7 @@ Output, under ``OUT/NETWORK/``: ``config.json`` + ``model.safetensors`` (``save_
 ``losses.csv`` and ``curves.png`` (generator terms; discriminator real/fake losses, as DTU Fig. 8 and 9),
 and ``checkpoint.pt`` (generator, discriminator, optimizers, step, sampler: what ``--resume`` needs; not
 part of what ships). ``model.safetensors`` is what ships, so it is written in fp16 by default (``--export-dtype``):
-the six networks at their default widths take ~65 MB so, ~129 MB in fp32, and the budget is 80 MB; the
+the six networks at their default widths take ~65 MB so, ~129 MB in fp32, and the budget is 250 MB; the
 loaders cast it back to the float32 networks. ``checkpoint.pt`` keeps full precision for ``--resume``.
 """
 from __future__ import annotations
