@@ -31,7 +31,7 @@ from colorizers import Colorizer, reference
 from colorizers.compare import Comparison, colorize_models
 from colorizers.png import encode_png
 from colorizers.weights import describe_source
-from fairqueue import FairQueue, fair
+from fairqueue import FairQueue, fair, trusted_proxies_from_env
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "examples"
 READABLE_FORMATS = "JPEG, PNG, WebP, TIFF, BMP or GIF"
@@ -80,6 +80,7 @@ class Settings:
     device: str = "cpu"           # COLORIZERS_DEVICE: cpu or cuda (default cuda when there is one)
     precision: str = "auto"       # COLORIZERS_PRECISION: auto (bf16 where the device does it natively), bf16, fp32
     weights: str | None = None    # weights root; None: colorizers' default ($COLORIZERS_WEIGHTS or the bundled)
+    trusted_proxies: int = 0      # COLORIZERS_TRUSTED_PROXIES: proxies trusted to append X-Forwarded-For (fairqueue)
 
     @classmethod
     def from_env(cls, environ=os.environ) -> Settings:
@@ -96,6 +97,7 @@ class Settings:
             threads=_env_int(environ, "COLORIZERS_THREADS", defaults.threads),
             device=device,
             precision=precision,
+            trusted_proxies=trusted_proxies_from_env(environ),
         )
 
 
@@ -436,14 +438,14 @@ def build_demo(available: dict[str, Colorizer], unavailable: dict[str, str], set
             result = colorize_checked(read_image(path, settings.max_pixels), models).results[model]
             return save_bytes_to_cache(_png(result.image), f"{_stem(path)}-{model}.png", api_result.GRADIO_CACHE)
 
-        run.click(fair(compare, gate), [photo, chosen, slider_model, sort_by],
+        run.click(fair(compare, gate, settings.trusted_proxies), [photo, chosen, slider_model, sort_by],
                   [*result_images.values(), slider_model, slider, summary, download, files_state,
                    original_image, reference_box, reference_table],
                   preprocess=False, api_visibility="private", concurrency_limit=None)
         slider_model.input(show_in_slider, [slider_model, files_state], slider, api_visibility="private")
         sort_by.input(sort_table, [sort_by, files_state], reference_table, api_visibility="private")
-        gr.on([], fair(colorize, gate), [api_photo, api_model], api_result, api_name="colorize", preprocess=False,
-              concurrency_limit=None)
+        gr.on([], fair(colorize, gate, settings.trusted_proxies), [api_photo, api_model], api_result,
+              api_name="colorize", preprocess=False, concurrency_limit=None)
 
         from study.tab import build_study_tabs  # the realism study's tabs (STUDY_* settings)
         build_study_tabs(available)
@@ -457,6 +459,10 @@ def main() -> None:
     except ValueError as err:  # a bad setting: say which, not a traceback
         raise SystemExit(f"error: {err}") from None
     torch.set_num_threads(settings.threads)
+    # Client addresses come from fairqueue.client_key with COLORIZERS_TRUSTED_PROXIES; uvicorn's own rewriting of
+    # the connection's address from X-Forwarded-For (for connections from 127.0.0.1 by default) stays off, so a
+    # header a client wrote itself never becomes its address.
+    os.environ.setdefault("FORWARDED_ALLOW_IPS", "")
     available, unavailable = colorizers.load_colorizers(source=settings.weights, device=settings.device,
                                                         precision=settings.precision)
     build_demo(available, unavailable, settings).launch(max_file_size=MAX_UPLOAD)

@@ -11,12 +11,18 @@ in ``FairQueue.slot`` instead, which
   request is refused at once with ``Busy`` and a sentence to show ("busy, try again").
 
 ``fair(fn, queue)`` wraps an event handler so Gradio passes it the request (to tell clients apart) and it runs in
-its turn. A client is the visitor's address (``client_key``).
+its turn. A client is the visitor's address (``client_key``): the connection's address, or, behind a configured
+number of trusted proxies (``COLORIZERS_TRUSTED_PROXIES``; one on a Hugging Face Space, whose proxy appends the
+visitor's address), the right-most address in ``X-Forwarded-For`` that no trusted proxy wrote. What a client writes
+into that header itself is never used, so made-up addresses cannot pass for other visitors. IPv6 addresses count
+by their /64 network (what one home or host is given), so one client cannot be many visitors by address either.
 """
 from __future__ import annotations
 
 import functools
 import inspect
+import ipaddress
+import os
 import threading
 from collections import OrderedDict, deque
 from contextlib import contextmanager
@@ -32,18 +38,63 @@ class Busy(Exception):
     """The queue is full, for everyone or for this client; the message says so in a sentence."""
 
 
-def client_key(request: gr.Request | None) -> str:
-    """Who is asking, for per-client fairness and limits: the first address of X-Forwarded-For (the visitor,
-    behind a Space's proxy), else the connection's address."""
-    headers = getattr(request, "headers", None) or {}
+TRUSTED_PROXIES_ENV = "COLORIZERS_TRUSTED_PROXIES"
+
+
+def trusted_proxies_from_env(environ=os.environ) -> int:
+    """How many proxies in front of the app append to ``X-Forwarded-For`` and are trusted to: the whole number in
+    ``COLORIZERS_TRUSTED_PROXIES``, else 1 on a Hugging Face Space (``SPACE_ID`` is set there; the Hub's proxy
+    appends the visitor's address) and 0 elsewhere (the connection's address is the client's)."""
+    raw = environ.get(TRUSTED_PROXIES_ENV, "").strip()
+    if not raw:
+        return 1 if environ.get("SPACE_ID") else 0
+    if not raw.isdigit():
+        raise ValueError(f"{TRUSTED_PROXIES_ENV} must be 0 or a positive whole number, got {raw!r}")
+    return int(raw)
+
+
+def _forwarded_for(headers) -> list[str]:
+    """Every address of every ``X-Forwarded-For`` header, in order (a repeated header counts as one list)."""
     try:
-        forwarded = headers.get("x-forwarded-for") or ""
-    except AttributeError:
-        forwarded = ""
-    if isinstance(forwarded, str) and forwarded.strip():
-        return forwarded.split(",")[0].strip()
+        values = headers.getlist("x-forwarded-for") if hasattr(headers, "getlist") else [
+            value for name, value in headers.items() if str(name).lower() == "x-forwarded-for"]
+    except (AttributeError, TypeError):
+        return []
+    return [part.strip() for value in values if isinstance(value, str) for part in value.split(",") if part.strip()]
+
+
+def _address(text: str) -> str:
+    """An address as a client key: the IP without a port; an IPv6 address as its /64 network."""
+    text = text.strip()
+    host = text
+    if text.startswith("[") and "]" in text:  # [v6]:port
+        host = text[1:text.index("]")]
+    elif text.count(":") == 1:  # v4:port
+        host = text.split(":")[0]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return text[:64] or "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def client_key(request: gr.Request | None, trusted_proxies: int | None = None) -> str:
+    """Who is asking, for per-client fairness and limits. The chain of addresses is ``X-Forwarded-For``'s
+    followed by the connection's; the last ``trusted_proxies`` of them are the trusted proxies themselves (the
+    connection is the nearest), so the client is the one just before them: the right-most address no trusted
+    proxy is known by. With no trusted proxy that is the connection's address, whatever the headers say.
+    ``trusted_proxies``: None reads ``trusted_proxies_from_env``."""
+    hops = trusted_proxies_from_env() if trusted_proxies is None else trusted_proxies
     client = getattr(request, "client", None)
-    return str(getattr(client, "host", None) or "unknown")
+    peer = str(getattr(client, "host", None) or "unknown")
+    if hops <= 0:
+        return _address(peer)
+    chain = [*_forwarded_for(getattr(request, "headers", None) or {}), peer]
+    return _address(chain[max(0, len(chain) - 1 - hops)])
 
 
 class FairQueue:
@@ -95,14 +146,15 @@ class FairQueue:
                 self._cond.notify_all()
 
 
-def fair(fn: Callable, queue: FairQueue) -> Callable:
+def fair(fn: Callable, queue: FairQueue, trusted_proxies: int | None = None) -> Callable:
     """``fn`` as a Gradio event handler that runs in its client's turn in ``queue``; a full queue gives the
-    visitor a sentence (``gr.Error``), not a bare "Error". Gradio passes the request as a last argument."""
+    visitor a sentence (``gr.Error``), not a bare "Error". Gradio passes the request as a last argument; the client
+    is ``client_key(request, trusted_proxies)``."""
     @functools.wraps(fn)
     def handler(*args):
         *inputs, request = args
         try:
-            with queue.slot(client_key(request)):
+            with queue.slot(client_key(request, trusted_proxies)):
                 return fn(*inputs)
         except Busy as err:
             raise gr.Error(str(err), title="Busy, try again", print_exception=False) from None

@@ -27,6 +27,7 @@ def app_env(tmp_path_factory):
         mp.setenv("STUDY_PHOTOS", str(tmp_path_factory.mktemp("no-study-photos")))
         mp.setenv("STUDY_DATA_DIR", str(tmp_path_factory.mktemp("study-data")))
         mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        mp.setenv("FORWARDED_ALLOW_IPS", "")  # as app.main launches it: uvicorn does not rewrite client addresses
         yield
 
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 import app
 import colorizers
-from fairqueue import Busy, FairQueue, client_key, fair
+from fairqueue import Busy, FairQueue, client_key, fair, trusted_proxies_from_env
 from tests.helpers import free_port, random_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,7 +165,9 @@ def test_model_names_that_are_not_names_get_a_sentence(random_weights_root):
 @pytest.fixture(scope="module")
 def server(app_env, random_weights_root):
     available, unavailable = colorizers.load_colorizers(["cnn"], source=random_weights_root)
-    demo = app.build_demo(available, unavailable, app.Settings(max_pixels=1_000_000, weights=random_weights_root))
+    # One trusted proxy: the test's clients act as it, appending the visitor's address to X-Forwarded-For.
+    demo = app.build_demo(available, unavailable, app.Settings(max_pixels=1_000_000, weights=random_weights_root,
+                                                               trusted_proxies=1))
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
     try:
         yield demo, Client(url, verbose=False)
@@ -246,9 +248,110 @@ def test_fair_handlers_get_the_request_and_refuse_when_busy():
     with queue.slot("someone"):  # the one slot is taken and no one may wait
         with pytest.raises(gr.Error, match="The app is busy"):
             wrapped("p", "cnn", request)
-    assert client_key(request) == "10.1.2.3"
-    assert client_key(gr.Request(headers={"x-forwarded-for": "203.0.113.9, 10.0.0.1"})) == "203.0.113.9"
-    assert client_key(None) == "unknown"
+    assert client_key(request, 0) == "10.1.2.3"
+    assert client_key(None, 0) == "unknown"
+
+
+def _request(peer: str, forwarded: str | None = None) -> gr.Request:
+    return gr.Request(client={"host": peer}, headers={"x-forwarded-for": forwarded} if forwarded else {})
+
+
+def test_client_addresses_come_only_from_trusted_proxies():
+    """X-Forwarded-For counts only as far as trusted proxies wrote it: with none, the connection's address is the
+    client whatever the header says; with n, the n-th address from the right (the one the outermost trusted proxy
+    appended). A client's own entries sit left of it and are never used."""
+    spoofed = "203.0.113.9, 198.51.100.20"
+    assert client_key(_request("10.0.0.5", spoofed), 0) == "10.0.0.5"
+    assert client_key(_request("10.0.0.5", spoofed), 1) == "198.51.100.20"  # the proxy (10.0.0.5) appended it
+    assert client_key(_request("10.0.0.5", spoofed), 2) == "203.0.113.9"
+    assert client_key(_request("10.0.0.5", "198.51.100.20"), 3) == "198.51.100.20"  # a short chain: its left end
+    assert client_key(_request("10.0.0.5"), 1) == "10.0.0.5"
+    assert client_key(_request("10.0.0.5", "198.51.100.20:4711"), 1) == "198.51.100.20"  # ports do not count
+    # One IPv6 client is its /64: cycling through its 2^64 addresses does not make it many visitors.
+    assert (client_key(_request("10.0.0.5", "2001:db8:1:2::1"), 1) == client_key(_request("10.0.0.5", "2001:db8:1:2:ffff::9"), 1)
+            == "2001:db8:1:2::/64")
+    assert client_key(_request("2001:db8:1:2::1"), 0) == "2001:db8:1:2::/64"
+    assert trusted_proxies_from_env({}) == 0 and trusted_proxies_from_env({"SPACE_ID": "owner/space"}) == 1
+    assert trusted_proxies_from_env({"COLORIZERS_TRUSTED_PROXIES": "2", "SPACE_ID": "o/s"}) == 2
+    with pytest.raises(ValueError, match="COLORIZERS_TRUSTED_PROXIES"):
+        trusted_proxies_from_env({"COLORIZERS_TRUSTED_PROXIES": "-1"})
+    assert app.Settings.from_env({"COLORIZERS_TRUSTED_PROXIES": "0"}).trusted_proxies == 0
+
+
+def test_made_up_forwarded_addresses_do_not_bypass_the_per_client_limit():
+    """One client whose every request carries another made-up X-Forwarded-For address is still one client: one
+    request runs, four wait and the rest are refused, with the per-client sentence (not the "busy" one)."""
+    queue = FairQueue(slots=1, max_waiting=16, per_client=4)
+    release, running = threading.Event(), threading.Event()
+
+    def hold():
+        running.set()
+        release.wait(10)
+        return "ok"
+
+    outcomes, lock = [], threading.Lock()
+
+    def send(i, hops, peer, forwarded):
+        try:
+            result = fair(hold, queue, hops)(_request(peer, forwarded))
+        except gr.Error as err:
+            result = err.message
+        with lock:
+            outcomes.append(result)
+
+    for hops, peer, forwarded in [(0, "198.51.100.7", "10.9.{i}.1"),  # straight to the app
+                                  (1, "10.0.0.1", "10.9.{i}.1, 198.51.100.7")]:  # behind one proxy
+        outcomes.clear()
+        running.clear()
+        release.clear()
+        threads = [threading.Thread(target=send, args=(0, hops, peer, forwarded.format(i=0)))]
+        threads[0].start()
+        assert running.wait(10)
+        for i in range(1, 12):
+            threads.append(threading.Thread(target=send, args=(i, hops, peer, forwarded.format(i=i))))
+            threads[-1].start()
+        deadline = time.monotonic() + 10
+        while queue.waiting + len(outcomes) < 11 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert queue.waiting == 4, (hops, queue.waiting)
+        refused = list(outcomes)
+        assert len(refused) == 7 and all("You already have 4 photos waiting" in r for r in refused), refused
+        release.set()
+        for t in threads:
+            t.join(10)
+        assert outcomes.count("ok") == 5 and queue.waiting == 0
+
+
+def test_a_flood_with_made_up_addresses_leaves_room_for_other_visitors(server, tmp_path, monkeypatch):
+    """Through the running app behind one trusted proxy: eight requests of one visitor, each with a made-up
+    address of its own in front of the one the proxy appended, get one running and four waiting; the rest are told
+    they already have photos waiting, and another visitor still gets in."""
+    from colorizers import compare
+    predict = compare.predict_native_ab
+
+    def slow_predict(*args, **kwargs):
+        time.sleep(0.5)
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(compare, "predict_native_ab", slow_predict)
+    demo, _ = server
+    photo = tmp_path / "p.png"
+    random_image(48, 64).save(photo)
+    flood = [Client(demo.local_url, verbose=False, headers={"X-Forwarded-For": f"10.9.{i}.1, 198.51.100.7"})
+             for i in range(8)]
+    other = Client(demo.local_url, verbose=False, headers={"X-Forwarded-For": "198.51.100.8"})
+    jobs = [client.submit(handle_file(str(photo)), "cnn", api_name="/colorize") for client in flood]
+    time.sleep(0.5)
+    jobs.append(other.submit(handle_file(str(photo)), "cnn", api_name="/colorize"))
+    outcomes = []
+    for job in jobs:
+        try:
+            outcomes.append(Image.open(job.result(timeout=120)).size)
+        except AppError as err:
+            outcomes.append(str(err))
+    assert outcomes.count((64, 48)) == 6, outcomes  # five of the flood's and the other visitor's
+    assert outcomes[-1] == (64, 48)
+    assert sum("You already have 4 photos waiting" in str(o) for o in outcomes) == 3, outcomes
 
 
 def test_queued_photos_of_one_visitor_do_not_hold_up_another(server, tmp_path, monkeypatch):

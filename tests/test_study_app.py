@@ -39,12 +39,13 @@ class Browser:
     page would, and reads outputs by elem_id."""
 
     def __init__(self, demo: gr.Blocks, stored_id: str | None = None, trial_id: str | None = None,
-                 page: Browser | None = None, client: str = "127.0.0.1"):
+                 page: Browser | None = None, client: str = "127.0.0.1", headers: dict | None = None):
         """``page``: the same page as another Browser's (its session and token), e.g. after an app restart."""
         self.demo, self.session, self.stored_id, self.trial_id = demo, SessionState(demo), stored_id, trial_id
         self.fns = [f for f in demo.fns.values() if f.name in ("open_session", "start", "answer", "next_pair")]
         self.payloads: list[str] = []
-        self.request = page.request if page else gr.Request(session_hash=secrets.token_hex(8), client={"host": client})
+        self.request = page.request if page else gr.Request(session_hash=secrets.token_hex(8), client={"host": client},
+                                                            headers=headers or {})
         self.token = page.token if page else self._send(self._fn("open_session"), [])["study-session"]
 
     def _fn(self, name: str):
@@ -380,3 +381,22 @@ def test_too_fast_participants_are_flagged_and_can_be_left_out(launched, monkeyp
         raw = list(csv.DictReader(f))
     assert len(raw) == 10  # every raw answer stays in the CSV, with the flag
     assert {r["participant_id"]: r["flagged_fast"] for r in raw} == {human.stored_id: "0", bot.stored_id: "1"}
+
+
+def test_made_up_forwarded_addresses_do_not_start_more_participants(available, tmp_path, monkeypatch):
+    """The starts-per-hour limit counts the connection's address (no trusted proxy): a script that writes another
+    made-up X-Forwarded-For address on every page still starts no more than the limit."""
+    monkeypatch.delenv("COLORIZERS_TRUSTED_PROXIES", raising=False)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    settings = small_settings(tmp_path, photos=5, models=MODELS, starts_per_hour=2)
+    demo, tabs = build(available, settings)
+    demo.launch(prevent_thread_lock=True, quiet=True)
+    try:
+        notices = [Browser(demo, client="198.51.100.7", headers={"x-forwarded-for": f"10.9.{i}.1"}).start()
+                   for i in range(4)]
+    finally:
+        demo.close()
+    assert [bool(_value(n["study-trial"])) for n in notices] == [True, True, False, False]
+    assert all("Too many new participants" in n["study-notice"]["value"] for n in notices[2:])
+    assert len({r.participant_id for r in StudyStore(settings.database).answers(phase=None)}) == 0
+    assert StudyStore(settings.database).trials_count() == 2 * settings.photos_per_participant
