@@ -44,7 +44,7 @@ METRICS_NOTE = (
     "Lab chroma, result ÷ original) reward having as much colour as the original, wherever it is put. None of them "
     "says whether a result looks real."
 )
-#: Why the table has no LPIPS (the README gives the measurements).
+#: Why the table has no LPIPS (docs/app.md gives the measurements).
 LPIPS_NOTE = (
     "LPIPS is left out: its AlexNet backbone would fit the weights budget, but at the full resolution used here it "
     "would take minutes and several GB of memory on a large photo; `python -m train.evaluate` reports it."

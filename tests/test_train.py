@@ -606,7 +606,7 @@ def test_ship_copies_the_final_weights_and_writes_a_model_card(mini_set, tmp_pat
     card = (dest / "cnn" / "README.md").read_text()
     assert "| train 32 | CPU | train | 32 | 0→3 | 12 |" in card and "| train 64 | CPU | train | 64 | 3→5 | 8 |" in card
     assert "--size 32 --steps 3 --out runs/cnn" in card and "--size 64 --steps 5 --resume --out runs/cnn" in card
-    table = plan.summary(root, ["cnn"])  # the README's table of what was spent, from the same history
+    table = plan.summary(root, ["cnn"])  # the spend table (docs/training.md), from the same history
     assert "| `cnn` | train 32: 3 · train 64: 2 | 20 |" in table and "CPU-hours" in table.splitlines()[-1]
 
 
