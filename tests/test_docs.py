@@ -21,7 +21,7 @@ def documents() -> list[Path]:
 
 def prose(text: str) -> str:
     """The text without fenced code blocks and inline code, where a bracket is not a link."""
-    text = re.sub(r"^(```|~~~).*?^\1[^\n]*$", "", text, flags=re.M | re.S)
+    text = re.sub(r"^[ \t]*(```|~~~).*?^[ \t]*\1[^\n]*$", "", text, flags=re.M | re.S)
     return re.sub(r"`[^`\n]*`", "", text)
 
 
@@ -40,7 +40,7 @@ def slug(heading: str) -> str:
 
 def anchors(path: Path) -> set[str]:
     found, seen = set(), {}
-    text = re.sub(r"^(```|~~~).*?^\1[^\n]*$", "", path.read_text(encoding="utf-8"), flags=re.M | re.S)
+    text = re.sub(r"^[ \t]*(```|~~~).*?^[ \t]*\1[^\n]*$", "", path.read_text(encoding="utf-8"), flags=re.M | re.S)
     for line in text.splitlines():
         match = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
         if match:
@@ -99,7 +99,8 @@ def test_the_readme_links_the_results_grid_and_every_docs_page():
 def commands(path: Path) -> list[str]:
     """The shell lines of the document's bash code blocks, continuation lines joined."""
     found = []
-    for block in re.findall(r"^```(?:bash|sh|shell)\n(.*?)^```", path.read_text(encoding="utf-8"), flags=re.M | re.S):
+    text = path.read_text(encoding="utf-8")
+    for block in re.findall(r"^[ \t]*```(?:bash|sh|shell)\n(.*?)^[ \t]*```", text, flags=re.M | re.S):
         block = block.replace("\\\n", " ")
         found += [line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]
     return found
