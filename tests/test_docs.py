@@ -86,12 +86,15 @@ def test_the_readme_is_short_and_starts_with_the_space_front_matter():
     assert (REPO / keys["app_file"].strip()).is_file()
 
 
-def test_the_readme_links_the_results_grid_and_every_docs_page():
+def test_the_readme_links_the_results_grid_the_docs_index_and_the_index_every_page():
     targets = {t.partition("#")[0] for t in links(README)}
     assert "assets/results/examples.png" in targets
+    assert "docs/README.md" in targets, "README.md must link the documentation index docs/README.md"
+    index = {t.partition("#")[0] for t in links(REPO / "docs" / "README.md")}
     for page in sorted((REPO / "docs").glob("*.md")):
         if page.name != "README.md":
-            assert f"docs/{page.name}" in targets or "docs/README.md" in targets, f"README.md does not link {page.name}"
+            assert page.name in index or f"docs/{page.name}" in targets, \
+                f"docs/{page.name} is linked from neither docs/README.md nor README.md: add a line to the index"
 
 
 # -- commands --------------------------------------------------------------------------------------------------
