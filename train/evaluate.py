@@ -218,7 +218,7 @@ def _notes(args: argparse.Namespace, image_set: ImageSet, unavailable: dict[str,
         f"of the outputs against those of the {n} ground-truth images. The papers use 5000 images; with far fewer "
         "than 2048 images FID is biased upwards, so compare FIDs only at equal image counts."
         + (" Not computed: FID needs at least 2 images." if n < 2 else ""),
-        f"LPIPS: v0.1, AlexNet trunk (backbone {lpips_backbone})." if lpips_backbone else
+        f"LPIPS: v0.1, AlexNet trunk (backbone {lpips_backbone.name})." if lpips_backbone else
         "LPIPS: skipped (n/a), no AlexNet backbone file; pass --lpips-backbone FILE "
         f"(expected at {metrics.DEFAULT_LPIPS_BACKBONE}).",
         "PSNR: per image on RGB in [0, 1], mean over images (inf for an identical image). SSIM: Gaussian 11 x 11 "
