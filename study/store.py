@@ -258,16 +258,19 @@ class StudyStore:
         return [AnswerRow(**{**dict(r), "confident": bool(r["confident"]), "correct": bool(r["correct"])})
                 for r in rows]
 
-    def write_csv(self, out: TextIO, flagged: Mapping[str, object] = {}) -> int:
-        """Every raw answer, practice included, as CSV with ISO 8601 UTC timestamps, and a ``flagged_fast`` column
-        (1 for the participants in ``flagged``, e.g. ``scoring.fast_participants``); returns the row count."""
+    def write_csv(self, out: TextIO, flagged: Mapping[str, object] = {}, flags: Mapping[str, Iterable[str]] = {}) -> int:
+        """Every raw answer, practice included, as CSV with ISO 8601 UTC timestamps, a ``flagged_fast`` column
+        (1 for the participants in ``flagged``, e.g. ``scoring.fast_participants``) and a ``flags`` column (the
+        participant's flag kinds in ``flags``, e.g. ``scoring.flag_participants``, separated by spaces); returns
+        the row count."""
         rows = self.answers(phase=None)
         fields = list(AnswerRow.__dataclass_fields__)
-        writer = csv.DictWriter(out, fieldnames=[*fields, "flagged_fast"])
+        writer = csv.DictWriter(out, fieldnames=[*fields, "flagged_fast", "flags"])
         writer.writeheader()
         for row in rows:
             record = {name: getattr(row, name) for name in fields}
             record["flagged_fast"] = int(row.participant_id in flagged)
+            record["flags"] = " ".join(flags.get(row.participant_id, ()))
             record["shown_at"] = _iso(row.shown_at)
             record["answered_at"] = _iso(row.answered_at)
             writer.writerow(record)
