@@ -24,6 +24,7 @@ from typing import Iterable, Mapping, Sequence
 
 from colorizers.pipeline import Colorizer
 
+from .keys import derived_key
 from .stimuli import Stimuli, lower_thread_priority, save_blind_pair
 from .store import SIDES, AnswerRejected, StudyStore, Trial, TrialSpec
 
@@ -115,6 +116,9 @@ def plan_seed(settings: StudySettings) -> str:
     known seed, re-running ``assign_trials`` gives away every participant's answer key)."""
     if settings.seed is not None:
         return str(settings.seed)
+    derived = derived_key(SEED_FILE)  # from STUDY_SECRET (a Space secret) when set: nothing on disk
+    if derived:
+        return derived
     path = Path(settings.data_dir) / SEED_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     try:  # created once, atomically: two apps starting on one folder agree on it

@@ -33,6 +33,8 @@ from colorizers import MODEL_NAMES, MODEL_TITLES
 from colorizers.pipeline import Colorizer
 from fairqueue import client_key
 
+from .hub_sync import StudyHubSync, start_hub_sync
+from .keys import derived_key
 from .protocol import Screen, Study, StudySettings, StudySetupError
 from .scoring import case_table, fast_participants, fooling_score, summarize
 from .store import StudyStore
@@ -64,6 +66,7 @@ class StudyTabs:
     study: Study | None
     problem: str | None
     handlers: dict[str, Callable]
+    hub: StudyHubSync | None = None  # the answers' sync with a Hub dataset (STUDY_HUB_DATASET)
 
 
 def build_study_tabs(available: Mapping[str, Colorizer], settings: StudySettings | None = None) -> StudyTabs:
@@ -76,7 +79,9 @@ def build_study_tabs(available: Mapping[str, Colorizer], settings: StudySettings
     # start-up tell a dead process's leftovers from a running app's.
     serve_dir = cache / f"{SERVE_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
     serve_dir.mkdir()
+    hub = None
     try:
+        hub = start_hub_sync(settings)  # STUDY_HUB_DATASET: restores an empty data folder before serving
         study, problem = Study(settings, available, serve_dir), None
     except StudySetupError as err:
         study, problem = None, str(err)
@@ -90,7 +95,7 @@ def build_study_tabs(available: Mapping[str, Colorizer], settings: StudySettings
             study.warm_cache_in_background()
     with gr.Tab("Study results"):
         handlers.update(_results_tab(settings, serve_dir))
-    return StudyTabs(study, problem, handlers)
+    return StudyTabs(study, problem, handlers, hub)
 
 
 # ------------------------------------------------------------------------------------------------ participant
@@ -137,7 +142,11 @@ def _process_alive(pid: int) -> bool:
 
 
 def _secret(data_dir: Path, name: str) -> str:
-    """A random key kept in the study's data folder (created on first use), stable across restarts."""
+    """A random key kept in the study's data folder (created on first use), stable across restarts; derived from
+    ``STUDY_SECRET`` instead when that is set (``study.keys``)."""
+    derived = derived_key(name)
+    if derived:
+        return derived
     path = Path(data_dir) / name
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
