@@ -1,8 +1,12 @@
-"""The one inference pipeline every model goes through (after richzhang/colorization's ``util``).
+"""The steps of the one inference pipeline every model goes through (after richzhang/colorization's ``util``:
+the network runs at its native size, and its a,b are recombined with the full-resolution L).
 
-image -> full-resolution L -> L resized to the model's native size -> model predicts a,b -> a,b up-sampled to
-the original size -> recombined with the original full-resolution L -> brought into the sRGB gamut by
-reducing chroma (so L is kept) -> RGB image of exactly the input's size.
+image -> full-resolution L (prepare: ``image_to_l``) -> L resized to the model's native size -> model predicts
+a,b (the network: ``predict_native_ab``) -> a,b up-sampled to the original size -> recombined with the original
+full-resolution L -> brought into the sRGB gamut by reducing chroma (so L is kept) -> RGB image of exactly the
+input's size (finish: ``finish_image``).
+
+``compare.colorize_models`` runs these steps for a photo, for one model (``Colorizer.colorize``) or several.
 
 Only the network runs in the colorizer's precision (bf16 autocast + channels-last where the device does bf16
 natively, see ``precision.py``); its a,b are cast back to float32 at once, so up-sampling, recombination and gamut
@@ -219,10 +223,12 @@ class Colorizer:
 
     @torch.inference_mode()
     def colorize_l(self, l_full: torch.Tensor) -> torch.Tensor:
-        """L (B, 1, H, W) in [0, 100] -> sRGB (B, 3, H, W) in [0, 1] with that L."""
+        """L (B, 1, H, W) in [0, 100] -> sRGB (B, 3, H, W) in [0, 1] with that L: float results for a batch of L
+        tensors (evaluation, benchmarks), where ``colorize`` takes a photo to an 8-bit image."""
         return recombine(l_full, predict_full_resolution_ab(self.model, l_full, self.device, self.precision))
 
-    @torch.inference_mode()
     def colorize(self, image: Image.Image) -> Image.Image:
-        l_full = image_to_l(image)
-        return finish_image(l_full, predict_native_ab(self.model, l_full, self.device, self.precision))
+        """PIL image -> 8-bit RGB image of its size with its L: a comparison of this one model."""
+        from .compare import colorize_models  # the orchestrator, built on this module's steps
+
+        return colorize_models(image, {self.name: self}, grey=False).results[self.name].image
