@@ -46,6 +46,7 @@ it measurably helps.
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 
 import torch
@@ -57,7 +58,9 @@ from colorizers.registry import network_class
 
 #: Shared helper weights next to the repository (as ``train.proposals.DEFAULT_DETECTOR``).
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
-DEFAULT_RESNET18 = SHARED_WEIGHTS / "resnet18_imagenet_partial.safetensors"
+#: ``$COLORIZERS_RESNET18`` names the file elsewhere (a machine without ``../shared``, e.g. ``python -m train.gpu``).
+RESNET18_ENV = "COLORIZERS_RESNET18"
+DEFAULT_RESNET18 = Path(os.environ.get(RESNET18_ENV) or SHARED_WEIGHTS / "resnet18_imagenet_partial.safetensors")
 #: ``--encoder-init`` choices.
 ENCODER_INITS = ("none", "imagenet")
 #: The networks with a ResNet-18 encoder (``model.encoder``).

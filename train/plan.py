@@ -291,6 +291,64 @@ PROPOSALS_COMMAND = ("python", "-m", "train.proposals", "--data", DATA, "--split
                      "--out", PROPOSALS)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# GPU plans: what ``python -m train.gpu run`` trains on a lent GPU (docs/gpu.md)
+
+@dataclass(frozen=True)
+class Lane:
+    """Stages of one network that run one after another on the GPU, beside the plan's other lanes. Every stage's
+    export is kept as a snapshot and scored on the val split there. Besides ``{root}`` (the device's runs folder),
+    the stages' arguments may name ``{weights}``: the weights root they start from (the tree's ``assets/weights``
+    unless the payload carries another)."""
+    name: str
+    network: str
+    stages: tuple[Stage, ...]
+
+
+def gpu_imagenet64(prefix: str, mix: str, extra: tuple[str, ...] = ()) -> tuple[Stage, ...]:
+    """A ParaColorizer generator at torchvision's widths (``width=64``) from the ImageNet ResNet-18 encoder: L1
+    pre-training at 256 x 256 (two parts), then the adversarial phase from it (a new PatchGAN, ``--init``) on the
+    rebalanced L1 at ``mix``, lambda 300, G 1e-4, 5e-5, 2e-5, D 2e-5 (three parts). Batch 32 (``GPU_COMMON``)."""
+    imagenet = ("--config", "width=64", "--encoder-init", "imagenet")
+
+    def pretrain(k: int, minutes: float) -> Stage:
+        return Stage(f"GPU ImageNet-64 pretrain 256, part {k}", f"{prefix}_pre",
+                     (*extra, *imagenet, "--size", "256", "--pretrain-share", "1", "--steps", "100000",
+                      *(("--resume",) if k > 1 else ())), minutes, device="cuda")
+
+    def adversarial(k: int, lr: str, minutes: float) -> Stage:
+        return Stage(f"GPU ImageNet-64 adversarial 256, rebalanced (mix {mix}) λ 300, G {lr}, part {k}",
+                     f"{prefix}_adv", (*extra, "--init", f"{{root}}/{prefix}_pre", *rebalanced_gan(mix), *LAMBDA_300,
+                                       "--lr", lr, "--size", "256", *(("--resume",) if k > 1 else ())),
+                     minutes, device="cuda")
+    return (pretrain(1, 1.25), pretrain(2, 1.25), adversarial(1, "1e-4", 1.25), adversarial(2, "5e-5", 1.25),
+            adversarial(3, "2e-5", 1.0))
+
+
+#: Lanes run side by side on the one GPU; their minutes are wall-clock minutes there (``--minutes`` rescales them).
+GPU_PLANS: dict[str, tuple[Lane, ...]] = {
+    # The shipped generators continued as ``gpu_finish`` continued them, from the shipped weights (``{weights}``),
+    # at the rebalancing that kept their colours (foreground 0.8, background 0.7).
+    "continue_shipped": (
+        Lane("fg", "paracolorizer_fg", gpu_finish("fg_gpu", "{weights}", "0.8", ("--proposals", PROPOSALS))),
+        Lane("bg", "paracolorizer_bg", gpu_finish("bg_gpu", "{weights}", "0.7")),
+    ),
+    # Not run yet, nothing shipped from it: the papers' generators, width 64 from ImageNet encoders, pre-trained
+    # and then adversarial at 256 x 256, with the DenseFuse auto-encoder trained on beside them at 256 x 256 (it
+    # fuses any two colourings; its own training sees only images).
+    "imagenet64": (
+        Lane("fg64", "paracolorizer_fg", gpu_imagenet64("fg64", "0.8", ("--proposals", PROPOSALS))),
+        Lane("bg64", "paracolorizer_bg", gpu_imagenet64("bg64", "0.7")),
+        Lane("fusion", "paracolorizer_fusion", (
+            Stage("GPU 256, continued, part 1", "fusion_gpu", ("--init", "{weights}", "--size", "256",
+                                                                "--steps", "100000"), 2.5, device="cuda"),
+            Stage("GPU 256, continued, part 2", "fusion_gpu", ("--init", "{weights}", "--size", "256",
+                                                                "--steps", "100000", "--resume"), 2.5, device="cuda"),
+        )),
+    ),
+}
+
+
 def stage_command(network: str, stage: Stage, root: str, minutes: float | None = None,
                   steps: int | None = None) -> list[str]:
     """``python -m train`` for a stage, under ``root``; ``steps`` replaces the budget by an exact step count."""
