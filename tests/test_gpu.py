@@ -223,24 +223,27 @@ def test_dry_run_trains_scores_and_returns_weights_that_unpack_bit_identical(pac
 
 
 def test_returns_too_large_for_one_call_come_in_chunks_fetched_by_later_calls(packed, tmp_path, monkeypatch, capsys):
-    """Weights larger than one call's $OUT: chunks 1-4 come with the run, the rest with ``fetch``; ``unpack`` names
-    the missing chunks until all are there."""
+    """Weights larger than one call's $OUT: the first chunks come with the run, the rest with ``fetch`` calls;
+    ``unpack`` names the missing chunks (and the fetch that brings them) until all are there."""
     work = packed / "work"
     if not (work / "return").is_dir():
         pytest.skip("needs the dry run above")
-    monkeypatch.setattr(gpu, "RETURN_CHUNK", 64 * 1024)
     stages = [gpu.StageResult(s["lane"], s["network"], s["index"], s["stage"], s["run"], s["status"],
                               snapshot=s["snapshot"]) for s in json.loads((work / "snapshots.json").read_text())]
+    whole = sum(c["bytes"] for c in gpu.write_return(work, stages, ["fg-2", "bg-2"]))
+    monkeypatch.setattr(gpu, "RETURN_CHUNK", whole // 10 + 1)  # ten chunks: three calls' worth
     chunks = gpu.write_return(work, stages, ["fg-2", "bg-2"])
-    assert len(chunks) > gpu.RETURN_CHUNKS
-    first, second = tmp_path / "call1", tmp_path / "call2"
-    gpu.send(work, first, 1)
-    assert gpu.main(["unpack", str(first), "--to", str(tmp_path / "x")]) == 1
+    assert len(chunks) == 10
+    calls = [tmp_path / "call1"]
+    gpu.send(work, calls[0], 1)
+    assert gpu.main(["unpack", str(calls[0]), "--to", str(tmp_path / "x")]) == 1
     assert f"--first {gpu.RETURN_CHUNKS + 1}" in capsys.readouterr().err
-    assert gpu.main(["fetch", "--payload", str(packed), "--out", str(second), "--first", str(gpu.RETURN_CHUNKS + 1)]) == 0
-    if len(chunks) > 2 * gpu.RETURN_CHUNKS:
-        gpu.send(work, tmp_path / "call3", 2 * gpu.RETURN_CHUNKS + 1)
-    dirs = [str(d) for d in (first, second, tmp_path / "call3") if d.exists()]
-    assert gpu.main(["unpack", *dirs, "--to", str(tmp_path / "x")]) == 0
+    for first in range(gpu.RETURN_CHUNKS + 1, len(chunks) + 1, gpu.RETURN_CHUNKS):
+        calls.append(tmp_path / f"call{len(calls) + 1}")
+        assert gpu.main(["fetch", "--payload", str(packed), "--out", str(calls[-1]), "--first", str(first)]) == 0
+        sent = list(calls[-1].iterdir())
+        assert len(sent) <= gpu.OUT_FILES and sum(f.stat().st_size for f in sent) <= gpu.OUT_BYTES
+    assert len(calls) == 3
+    assert gpu.main(["unpack", *map(str, calls), "--to", str(tmp_path / "x")]) == 0
     weights = tmp_path / "x" / "snapshots" / "bg-2" / "paracolorizer_bg" / "model.safetensors"
     assert weights.read_bytes() == (work / "snapshots" / "bg-2" / "paracolorizer_bg" / "model.safetensors").read_bytes()

@@ -1019,7 +1019,8 @@ def send(work: Path, out: Path, first: int) -> list[str]:
     files = [source / RETURN] + [work / n for n in ("scores.md", "scores.csv") if (work / n).is_file()]
     files += [source / c["file"] for c in manifest["chunks"][first - 1:first - 1 + RETURN_CHUNKS]]
     total = sum(f.stat().st_size for f in files)
-    assert len(files) <= OUT_FILES and total <= OUT_BYTES and all(f.stat().st_size <= OUT_FILE_BYTES for f in files)
+    if len(files) > OUT_FILES or total > OUT_BYTES or any(f.stat().st_size > OUT_FILE_BYTES for f in files):
+        raise RuntimeError(f"{len(files)} files, {mib(total)}: more than $OUT brings back")
     for f in files:
         shutil.copy2(f, out / f.name)
     return [f.name for f in files]
