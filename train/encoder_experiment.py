@@ -87,50 +87,81 @@ def snapshot_dirs(out: Path) -> list[Path]:
     return sorted(p.parent for p in out.glob("*/snapshots/*/progress.json"))
 
 
+def write_row(path: Path, row: dict) -> None:
+    """Add one snapshot's scores to ``scores.csv`` (read again under a lock, so scorers may run side by side)."""
+    import fcntl
+
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = list(csv.DictReader(open(path))) if path.is_file() else []
+        rows = [r for r in rows if (r["arm"], int(r["chunk"])) != (row["arm"], int(row["chunk"]))] + [row]
+        rows.sort(key=lambda r: (r["arm"], int(r["chunk"])))
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, list(row))
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(path)
+
+
+def scored(path: Path) -> set[tuple[str, int]]:
+    return {(r["arm"], int(r["chunk"])) for r in csv.DictReader(open(path))} if path.is_file() else set()
+
+
 def score(args: argparse.Namespace) -> None:
-    """Every snapshot not yet in ``scores.csv``, scored on the val split against one set of truth features."""
+    """Every snapshot of ``--arms`` not yet in ``scores.csv``, scored on the val split against one set of truth
+    features (computed once and kept in ``truth.pt``); with ``--until N``, waits for each arm's N-th snapshot."""
+    import time
+
     import torch
 
     import colorizers
+    from colorizers.color import rgb_to_l
     from train import metrics
     from train.data import read_images
-    from colorizers.color import rgb_to_l
     from train.evaluate import GROUND_TRUTH, Evaluation
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     path = out / SCORES
-    rows = list(csv.DictReader(open(path))) if path.is_file() else []
-    done = {(r["arm"], int(r["chunk"])) for r in rows}
-    todo = [d for d in snapshot_dirs(out) if (d.parent.parent.name, int(d.name)) not in done]
-    if not todo:
-        print("every snapshot is scored")
-        return
     images = read_images([args.data], split="val", size=256, num_threads=args.threads, cache=args.cache)
     batches = [images.images[start:start + 16].float() / 255.0 for start in range(0, len(images.images), 16)]
-    lpips_net = metrics.LPIPSMetric(device="cpu")
-    truth = Evaluation(metrics.FIDMetric("cpu"), lpips_net, "cpu")
-    for batch in batches:
-        truth.add(GROUND_TRUTH, batch)
-    for snapshot in todo:
-        progress = json.loads((snapshot / "progress.json").read_text())
-        model = colorizers.load_colorizer(NETWORK, source=str(snapshot), device="cpu")
-        evaluation = Evaluation(truth.fid, lpips_net, "cpu")
-        evaluation.per_image[GROUND_TRUTH] = truth.per_image[GROUND_TRUTH]
-        evaluation.features[GROUND_TRUTH] = truth.features[GROUND_TRUTH]
-        for batch in batches:  # as train.evaluate: the model colours the ground truth's L
-            evaluation.add(NETWORK, model.colorize_l(rgb_to_l(batch)), batch)
-        result = next(r for r in evaluation.results() if r.name == NETWORK)
-        rows.append({**progress, "fid": round(result.fid, 3), "lpips": round(result.lpips, 4),
-                     "colourfulness": round(result.colourfulness, 2),
-                     "truth_colourfulness": round(evaluation.results()[-1].colourfulness, 2),
-                     "psnr": round(result.psnr, 3)})
-        print(rows[-1], flush=True)
-        rows.sort(key=lambda r: (r["arm"], int(r["chunk"])))
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+    lpips_net, fid_net = metrics.LPIPSMetric(device="cpu"), metrics.FIDMetric("cpu")
+    truth_file = out / "truth.pt"
+    if truth_file.is_file():
+        truth = torch.load(truth_file, weights_only=False)
+    else:
+        evaluation = Evaluation(fid_net, lpips_net, "cpu")
+        for batch in batches:
+            evaluation.add(GROUND_TRUTH, batch)
+        truth = {"per_image": {k: list(v) for k, v in evaluation.per_image[GROUND_TRUTH].items()},
+                 "features": list(evaluation.features[GROUND_TRUTH]), "images": len(images)}
+        torch.save(truth, truth_file)
+    if truth["images"] != len(images):
+        raise ValueError(f"{truth_file} holds {truth['images']} images, the val split {len(images)}: delete it")
+    while True:
+        done = scored(path)
+        todo = [d for d in snapshot_dirs(out) if d.parent.parent.name in args.arms
+                and (d.parent.parent.name, int(d.name)) not in done]
+        for snapshot in todo:
+            progress = json.loads((snapshot / "progress.json").read_text())
+            model = colorizers.load_colorizer(NETWORK, source=str(snapshot), device="cpu")
+            evaluation = Evaluation(fid_net, lpips_net, "cpu")
+            evaluation.per_image[GROUND_TRUTH].update(truth["per_image"])
+            evaluation.features[GROUND_TRUTH] = truth["features"]
+            for batch in batches:  # as train.evaluate: the model colours the ground truth's L
+                evaluation.add(NETWORK, model.colorize_l(rgb_to_l(batch)), batch)
+            result, reference = evaluation.results()[0], evaluation.results()[-1]
+            row = {**progress, "fid": round(result.fid, 3), "lpips": round(result.lpips, 4),
+                   "colourfulness": round(result.colourfulness, 2),
+                   "truth_colourfulness": round(reference.colourfulness, 2), "psnr": round(result.psnr, 3)}
+            write_row(path, row)
+            print(row, flush=True)
+        done = scored(path)
+        if not args.until or all((arm, args.until) in done for arm in args.arms):
+            return
+        if not todo:
+            time.sleep(60)
 
 
 def plot(args: argparse.Namespace) -> None:
@@ -168,6 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `python -m train` options")
     s = sub.add_parser("score", help="score every new snapshot on the val split (scores.csv)")
     s.add_argument("--cache", default=None, help="decoded-image cache (default: the training default)")
+    s.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=sorted(ARMS))
+    s.add_argument("--until", type=int, default=0, metavar="N", help="keep scoring until each arm's N-th snapshot is")
     g = sub.add_parser("plot", help="FID and LPIPS against CPU-minutes")
     g.add_argument("--png", required=True)
     g.add_argument("--grey-fid", type=float, default=None, help="draw the grey input's FID as a line")
