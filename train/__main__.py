@@ -13,6 +13,13 @@ Examples::
     python -m train attention_ugan --data photos/ --out runs/small --steps 400 --resume
     # DTU's "pretrained Attention UGAN": fine-tune the generator of an earlier run, no pre-training phase
     python -m train attention_ugan --data .../manifest.csv --out runs/finetune --init weights --epochs 20
+    # data-parallel on the 4 GPUs of one machine (32 images per GPU, a global batch of 128); rank 0 writes
+    torchrun --standalone --nproc-per-node 4 -m train paracolorizer_bg --data .../manifest.csv --out runs/ddp
+    # ... or on 2 machines of 8 GPUs each: the same command on both (HOST: the first machine's address)
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-id colorize --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
+        -m train paracolorizer_bg --data .../manifest.csv --out runs/ddp
+
+Data-parallel training: ``docs/distributed-training.md`` and ``train/distributed.py``.
 """
 from __future__ import annotations
 
@@ -56,7 +63,8 @@ def parse_args(argv: list[str] | None = None) -> TrainingConfig:
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="optimisation steps in all (default: the recipe's epochs)")
     length.add_argument("--epochs", type=float, help="passes over the training images")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available; under "
+                                                    "torchrun each process takes cuda:LOCAL_RANK)")
     p.add_argument("--resume", action="store_true", help="continue from ROOT/NETWORK/checkpoint.pt")
     p.add_argument("--init", metavar="ROOT", help="start from the trained ROOT/NETWORK (skips GAN pre-training)")
     p.add_argument("--encoder-init", choices=ENCODER_INITS, default="none",
@@ -93,7 +101,8 @@ def parse_args(argv: list[str] | None = None) -> TrainingConfig:
                    help="network config override, e.g. width=16 (repeatable)")
     g.add_argument("--d-config", dest="discriminator_config", action="append", type=key_value, default=[],
                    metavar="KEY=VALUE", help="PatchDiscriminator config override, e.g. ndf=32")
-    g.add_argument("--batch-size", type=int, help="default: the recipe's")
+    g.add_argument("--batch-size", type=int, help="default: the recipe's; under torchrun per process (the global batch "
+                                                  "is this times the number of processes)")
     g.add_argument("--size", dest="image_size", type=int,
                    help="training image size (default: the network's native size); --resume may change it, e.g. "
                         "128 for most steps, then 256 to finish")
@@ -131,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
         out_dir = train(config)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         sys.exit(f"error: {err}")
-    print(f"wrote {out_dir}")
+    if os.environ.get("RANK", "0") == "0":  # (under torchrun only rank 0 writes)
+        print(f"wrote {out_dir}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ loaders cast it back to the float32 networks. ``checkpoint.pt`` keeps full preci
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -45,6 +46,7 @@ from colorizers.precision import PRECISIONS, autocast, memory_format, resolve_pr
 from colorizers.metrics import colourfulness
 
 from .data import ImageSet, read_images
+from .distributed import Distributed
 from .imagenet_init import IMAGENET_NETWORKS, calibration_l_norm, check_encoder_init, init_encoder_from_imagenet
 from .losses import (IGNORE_LABEL, EdgeLoss, GANLoss, RebalancedL1, SSIMLoss, l1_loss, masked_cross_entropy,
                      mse_loss)
@@ -241,13 +243,24 @@ def needs_host_copy(batch_device: torch.device, device: torch.device) -> bool:
 
 class InMemoryBatches:
     """Shuffled mini-batches (epoch by epoch, last partial batch dropped) with random horizontal flips, as
-    float RGB in [0, 1] on the device. The sampler's state is part of the checkpoint."""
+    float RGB in [0, 1] on the device. The sampler's state is part of the checkpoint.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device, seed: int):
+    Data-parallel (``world_size`` ranks): every rank draws the same permutation and flips from the same seed and
+    takes its own slice (``rank``) of each global batch of ``batch_size * world_size`` images, so every image is
+    seen once per epoch across the ranks, the order is reshuffled every epoch, the sampler's state is the same on
+    every rank (rank 0's checkpoint resumes them all, also mid-epoch), and the union of the slices is exactly the
+    batch one process would draw at the global batch size."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device, seed: int,
+                 rank: int = 0, world_size: int = 1):
         self.images = place_on_device(images, device)
         self.labels = labels.to(self.images.device)
         self.device = device
-        self.batch_size = min(batch_size, len(images))
+        if world_size > 1 and batch_size * world_size > len(images):
+            raise ValueError(f"a global batch of {batch_size} x {world_size} ranks = {batch_size * world_size} images "
+                             f"needs at least as many training images, got {len(images)}")
+        self.batch_size = min(batch_size, len(images))  # per rank
+        self.rank, self.global_batch_size = rank, self.batch_size * world_size
         self.generator = torch.Generator().manual_seed(seed)
         self.order = torch.randperm(len(images), generator=self.generator)
         self.position = 0
@@ -256,12 +269,14 @@ class InMemoryBatches:
         return len(self.images)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.position + self.batch_size > len(self.order):
+        if self.position + self.global_batch_size > len(self.order):
             self.order = torch.randperm(len(self.images), generator=self.generator)
             self.position = 0
-        index = self.order[self.position:self.position + self.batch_size]
-        self.position += self.batch_size
+        index = self.order[self.position:self.position + self.global_batch_size]
+        self.position += self.global_batch_size
         flip = torch.rand(len(index), generator=self.generator) < 0.5
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)  # everything in one process
+        index, flip = index[mine], flip[mine]
         index, flip = index.to(self.images.device), flip.to(self.device)
         rgb = self.images[index]
         if needs_host_copy(rgb.device, self.device):  # a host-resident set: from pinned memory the copy runs asynchronously
@@ -345,13 +360,23 @@ def validation_terms(recipe: Recipe) -> list[str]:
 
 
 class Trainer:
-    """Generator (and discriminator) with their optimizers, and one optimisation step for any recipe phase."""
+    """Generator (and discriminator) with their optimizers, and one optimisation step for any recipe phase.
+
+    With ``distributed`` (a ``torchrun`` launch) the networks' BatchNorms are synchronised over the ranks and the
+    step runs them through ``DistributedDataParallel`` (``step_generator``, ``step_discriminator``), which averages
+    their gradients over the ranks; validation and the export use the plain networks. In one process the step's
+    networks are the plain (or compiled) ones."""
 
     def __init__(self, recipe: Recipe, generator: nn.Module, device: torch.device, *,
                  discriminator: nn.Module | None = None, precision: str = "auto", compile: bool = False,
-                 rebalanced_l1: RebalancedL1 | None = None):
+                 rebalanced_l1: RebalancedL1 | None = None, distributed: Distributed | None = None):
         self.recipe = recipe
         self.device = device
+        self.distributed = distributed
+        self.compile = compile
+        if distributed is not None:
+            generator = distributed.sync_batchnorm(generator)
+            discriminator = distributed.sync_batchnorm(discriminator) if discriminator is not None else None
         self.precision = resolve_precision(precision, device)
         self.memory_format = memory_format(self.precision)
         self.generator = generator.to(device, memory_format=self.memory_format).train()
@@ -361,6 +386,11 @@ class Trainer:
         self.run_generator = torch.compile(self.generator) if compile else self.generator
         self.run_discriminator = (torch.compile(self.discriminator) if compile and discriminator is not None
                                   else self.discriminator)
+        self.step_generator, self.step_discriminator = self.run_generator, self.run_discriminator
+        if distributed is not None:
+            self.step_generator = self.data_parallel(self.generator)
+            if self.discriminator is not None:
+                self.step_discriminator = self.data_parallel(self.discriminator)
         self.gan_loss = GANLoss(recipe.gan_mode) if recipe.gan_mode else None
         self.edge_loss = EdgeLoss()
         self.ssim_loss = SSIMLoss()
@@ -370,14 +400,24 @@ class Trainer:
         self.discriminator_optimizer: torch.optim.Optimizer | None = None
         self.encoder_frozen = False
 
+    def data_parallel(self, network: nn.Module) -> nn.Module:
+        """``network`` in ``DistributedDataParallel`` (compiled as a whole with ``compile``)."""
+        wrapped = self.distributed.wrap(network)
+        return torch.compile(wrapped) if self.compile else wrapped
+
     def freeze_encoder(self, frozen: bool) -> None:
         """Freeze (or release) the generator's ResNet-18 encoder: no gradients (so no backward pass through it,
         and Adam skips its weights) and eval-mode BatchNorm (its statistics stay as initialised). A warm-up with
-        a frozen ImageNet encoder trains the decoder to read the pretrained features before they are fine-tuned."""
+        a frozen ImageNet encoder trains the decoder to read the pretrained features before they are fine-tuned.
+
+        Data-parallel, the generator is wrapped anew: ``DistributedDataParallel`` reduces the gradients of the
+        parameters that required them when it was built, and would wait for the frozen ones for ever."""
         encoder = self.generator.encoder
         encoder.requires_grad_(not frozen)
         encoder.train(not frozen and self.generator.training)
         self.encoder_frozen = frozen
+        if self.distributed is not None:
+            self.step_generator = self.data_parallel(self.generator)
 
     def autocast(self):
         return autocast(self.device, self.precision)
@@ -399,19 +439,24 @@ class Trainer:
         lab = rgb_to_lab(rgb)
         return Batch(rgb, labels, normalize_l(lab[:, :1]), normalize_ab(lab[:, 1:]))
 
-    def predict(self, batch: Batch) -> Prediction:
+    def predict(self, batch: Batch, generator: nn.Module | None = None) -> Prediction:
+        """The generator's outputs (``generator``: the step's, else the plain one)."""
+        generator = generator or self.run_generator
         with self.autocast():
             if self.recipe.input == "rgb":
-                return Prediction(rgb=self.run_generator(batch.rgb))
-            out = self.run_generator(batch.l_norm)
+                return Prediction(rgb=generator(batch.rgb))
+            out = generator(batch.l_norm)
         if isinstance(out, tuple):
             return Prediction(ab_norm=out[0], logits=out[1])
         return Prediction(ab_norm=out)
 
-    def critic(self, l_norm: torch.Tensor, ab_norm: torch.Tensor) -> torch.Tensor:
-        """PatchGAN logits for the (L, ab) pair (conditional GAN: D sees the input L with the colours)."""
+    def critic(self, l_norm: torch.Tensor, ab_norm: torch.Tensor, discriminator: nn.Module | None = None) -> torch.Tensor:
+        """PatchGAN logits for the (L, ab) pair (conditional GAN: D sees the input L with the colours). The
+        generator's term uses the plain discriminator (its weights get no gradient there, so there is nothing to
+        average over the ranks); the discriminator's step passes ``step_discriminator``."""
+        discriminator = discriminator or self.run_discriminator
         with self.autocast():
-            return self.run_discriminator(torch.cat([l_norm, ab_norm.to(l_norm.dtype)], dim=1))
+            return discriminator(torch.cat([l_norm, ab_norm.to(l_norm.dtype)], dim=1))
 
     def predicted_rgb(self, batch: Batch, prediction: Prediction) -> torch.Tensor:
         l = unnormalize_l(batch.l_norm)
@@ -439,8 +484,8 @@ class Trainer:
 
     def discriminator_step(self, batch: Batch, prediction: Prediction) -> dict[str, torch.Tensor]:
         """pix2pix's ``backward_D``: real pairs towards "real", generated pairs (detached) towards "fake"."""
-        real = self.gan_loss(self.critic(batch.l_norm, batch.ab_norm), True)
-        fake = self.gan_loss(self.critic(batch.l_norm, prediction.ab_norm.detach()), False)
+        real = self.gan_loss(self.critic(batch.l_norm, batch.ab_norm, self.step_discriminator), True)
+        fake = self.gan_loss(self.critic(batch.l_norm, prediction.ab_norm.detach(), self.step_discriminator), False)
         self.discriminator_optimizer.zero_grad(set_to_none=True)
         (0.5 * (real + fake)).backward()
         self.discriminator_optimizer.step()
@@ -449,7 +494,7 @@ class Trainer:
     def step(self, rgb: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """One optimisation step of the current phase; returns the (detached, unweighted) loss terms."""
         batch = self.prepare(rgb, labels)
-        prediction = self.predict(batch)
+        prediction = self.predict(batch, self.step_generator)
         logs: dict[str, torch.Tensor] = {}
         if self.phase.adversarial:
             logs.update(self.discriminator_step(batch, prediction))
@@ -567,10 +612,12 @@ class RunningMean:
             self.sums[key] = self.sums.get(key, 0) + value.float()
         self.count += 1
 
-    def pop(self) -> dict[str, float]:
+    def pop(self, distributed: Distributed | None = None) -> dict[str, float]:
+        """The means since the last call (data-parallel: also over the ranks, so the log holds the global batch's
+        losses; every rank calls it at the same step)."""
         means = {key: float(total) / self.count for key, total in self.sums.items()}
         self.sums, self.count = {}, 0
-        return means
+        return distributed.mean(means) if distributed is not None else means
 
 
 def read_loss_log(path: Path) -> list[dict[str, str]]:
@@ -656,11 +703,12 @@ def load_checkpoint(out_dir: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def total_steps(config: TrainingConfig, recipe: Recipe, num_images: int) -> int:
+def total_steps(config: TrainingConfig, recipe: Recipe, num_images: int, world_size: int = 1) -> int:
+    """``--steps``, else the epochs' worth of global batches (``batch_size`` per rank times ``world_size``)."""
     if config.steps is not None:
         return config.steps
     epochs = config.epochs if config.epochs is not None else recipe.epochs
-    return math.ceil(epochs * num_images / min(recipe.batch_size, num_images))
+    return math.ceil(epochs * num_images / min(recipe.batch_size * world_size, num_images))
 
 
 def export(model: nn.Module, out_dir: str | os.PathLike, dtype: str = "float16") -> None:
@@ -686,16 +734,41 @@ def export(model: nn.Module, out_dir: str | os.PathLike, dtype: str = "float16")
 
 
 def train(config: TrainingConfig) -> Path:
-    """Run (or resume) a training run; returns ``OUT/NETWORK``."""
+    """Run (or resume) a training run; returns ``OUT/NETWORK``.
+
+    Under ``torchrun`` every process runs this with the same config, data-parallel (``distributed.py``): the batch
+    size is per process, the global batch ``batch_size * world_size``; rank 0 alone reads the checkpoint (and
+    sends it to the others) and writes every file; the ranks vote before each step, so a signal or a spent
+    budget on any rank stops all of them after the same step."""
+    distributed = Distributed.start(config.device)  # None: one process, as ever
+    try:
+        return train_process(config, distributed)
+    finally:
+        if distributed is not None:
+            distributed.close()
+
+
+def train_process(config: TrainingConfig, distributed: Distributed | None) -> Path:
+    """``train`` in this process: all of it alone, or one rank's share of a data-parallel run."""
     recipe = resolve_recipe(config)
-    device = resolve_device(config.device)
+    device = resolve_device(config.device if distributed is None else str(distributed.device))
+    main = distributed is None or distributed.is_main  # the process that writes
+    world_size = 1 if distributed is None else distributed.world_size
     torch.manual_seed(config.seed)
     out_dir = Path(config.out) / config.network
-    checkpoint = load_checkpoint(out_dir) if config.resume else None
-    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = None
+    if config.resume:
+        checkpoint = load_checkpoint(out_dir) if distributed is None else distributed.from_main(
+            lambda: load_checkpoint(out_dir))
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
 
-    images = load_training_images(config, recipe)
+    with distributed.local_main_first() if distributed is not None else contextlib.nullcontext():
+        images = load_training_images(config, recipe)  # (one rank per machine fills the cache, the others map it)
     generator = build_generator(config, recipe, images, checkpoint)
+    if distributed is not None and recipe.min_class_examples is not None and "ce" not in recipe.loss_terms:
+        raise ValueError(f"{config.network} without its ce term cannot train data-parallel: its classifier would "
+                         "get no gradient, which DistributedDataParallel waits for; train it in one process")
     class_names = model_config_of(generator).get("class_names")
     d_config = discriminator_config(recipe, config, checkpoint)
     discriminator = PatchDiscriminator(**d_config) if d_config is not None else None
@@ -705,17 +778,18 @@ def train(config: TrainingConfig) -> Path:
     if "l1_rebalanced" in recipe.loss_terms:  # the training colours' distribution, from a fixed sample
         rebalanced_l1 = RebalancedL1(RebalancedL1.prior_of(images.images, seed=config.seed), config.rebalance_mix)
     trainer = Trainer(recipe, generator, device, discriminator=discriminator, precision=config.precision,
-                      compile=config.compile, rebalanced_l1=rebalanced_l1)
+                      compile=config.compile, rebalanced_l1=rebalanced_l1, distributed=distributed)
     batches = InMemoryBatches(images.images, class_indices(images.labels, class_names), recipe.batch_size,
-                              device, config.seed)
+                              device, config.seed, rank=0 if distributed is None else distributed.rank,
+                              world_size=world_size)
     validation = None
-    if config.val_data:
+    if config.val_data and main:  # (validation is rank 0's alone; the others wait for it at the next step)
         val_set = read_images(config.val_data, split="val", size=recipe.image_size,
                               max_images=config.max_val_images, num_threads=config.num_threads, cache=config.cache)
         validation = (val_set.images, class_indices(val_set.labels, class_names))
 
     phases = tuple(p for p in recipe.phases if not (config.init and p.name == "pretrain"))  # DTU 3.3.3
-    steps = total_steps(config, recipe, len(batches))
+    steps = total_steps(config, recipe, len(batches), world_size)
     if steps < 1:
         raise ValueError(f"a run needs at least one step, got {steps}")
     start = 0
@@ -724,11 +798,14 @@ def train(config: TrainingConfig) -> Path:
         batches.load_state_dict(checkpoint["batches"])
         torch.set_rng_state(checkpoint["torch_rng"])
 
-    (out_dir / TRAINING_CONFIG).write_text(json.dumps({
-        "config": dataclasses.asdict(config), "recipe": dataclasses.asdict(recipe),
-        "model_config": model_config_of(generator), "num_images": len(batches), "total_steps": steps,
-        "resumed_from_step": start, "device": str(device), "precision": trainer.precision,
-    }, indent=2, default=str))
+    global_batch = recipe.batch_size * world_size  # images per step, over all the ranks
+    if main:
+        (out_dir / TRAINING_CONFIG).write_text(json.dumps({
+            "config": dataclasses.asdict(config), "recipe": dataclasses.asdict(recipe),
+            "model_config": model_config_of(generator), "num_images": len(batches), "total_steps": steps,
+            "resumed_from_step": start, "device": str(device), "precision": trainer.precision,
+            "world_size": world_size, "global_batch_size": global_batch,
+        }, indent=2, default=str))
     columns = [f"g_{t}" for t in recipe.loss_terms] + ["g_total"]
     if recipe.adversarial:
         columns += ["d_real", "d_fake"]
@@ -736,7 +813,7 @@ def train(config: TrainingConfig) -> Path:
         columns += [f"val_{t}" for t in validation_terms(recipe)]
         if recipe.input == "l":
             columns += ["val_colourfulness", "val_colourfulness_truth"]
-    log = LossLog(out_dir / LOSSES_CSV, columns, keep_until=start if checkpoint is not None else None)
+    log = LossLog(out_dir / LOSSES_CSV, columns, keep_until=start if checkpoint is not None else None) if main else None
     val_every = config.val_every or config.checkpoint_every
 
     step, latest_val, began, began_cpu = start, {}, time.monotonic(), time.process_time()
@@ -747,7 +824,18 @@ def train(config: TrainingConfig) -> Path:
         return ((deadline is not None and time.monotonic() >= deadline)
                 or (cpu_deadline is not None and time.process_time() >= cpu_deadline))
 
-    progress = tqdm(total=steps, initial=min(start, steps), desc=config.network, unit="step", dynamic_ncols=True)
+    def time_to_stop() -> bool:
+        """A stop was requested or the budget is spent; data-parallel, on any rank (every rank stops here)."""
+        if distributed is None:
+            return stop.requested or budget_spent()
+        stop.requested, spent = distributed.any(stop.requested, budget_spent())
+        return stop.requested or spent
+
+    if main and distributed is not None:
+        tqdm.write(f"{config.network}: data-parallel on {world_size} processes ({device.type}), "
+                   f"batch {recipe.batch_size} per process, global batch {global_batch}")
+    progress = tqdm(total=steps, initial=min(start, steps), desc=config.network, unit="step", dynamic_ncols=True,
+                    disable=not main)
     stop = StopRequest.install()  # SIGTERM / SIGINT: stop after this step, as a spent budget does
     try:
         for phase, begin, end in phase_schedule(phases, steps):
@@ -757,29 +845,34 @@ def train(config: TrainingConfig) -> Path:
             if checkpoint is not None and checkpoint["phase"] == phase.name and begin <= start:
                 trainer.load_optimizer_states(checkpoint)
             mean = RunningMean()
-            while step < end and not stop.requested and not budget_spent():
+            while step < end and not time_to_stop():
                 if trainer.encoder_frozen != (step < config.freeze_encoder_steps):
                     trainer.freeze_encoder(step < config.freeze_encoder_steps)
                 mean.add(trainer.step(*batches.next()))
                 step += 1
                 progress.update(1)
                 if step % config.log_every == 0 or step == end:
-                    values = mean.pop()
-                    log.append(step, phase.name, values)
+                    values = mean.pop(distributed)
+                    if main:
+                        log.append(step, phase.name, values)
                     progress.set_postfix(phase=phase.name, loss=f"{values['g_total']:.4f}")
                 if validation is not None and step % val_every == 0:
                     latest_val = trainer.evaluate(*validation, recipe.batch_size)
                     log.append(step, "val", latest_val)
-                if step % config.checkpoint_every == 0 and step < steps:
+                if step % config.checkpoint_every == 0 and step < steps and main:
                     save_checkpoint(out_dir / CHECKPOINT, trainer, batches, step, config, d_config)
                     export(trainer.generator, out_dir, config.export_dtype)
             if step < end:  # the time budget ran out, or a stop was requested, inside this phase
                 if mean.count:
-                    log.append(step, phase.name, mean.pop())
+                    values = mean.pop(distributed)
+                    if main:
+                        log.append(step, phase.name, values)
                 break
     finally:
         progress.close()
         stop.uninstall()
+    if not main:
+        return out_dir
     if step > start:  # (a resumed run already at its last step has nothing new to save)
         if validation is not None and step % val_every != 0:
             latest_val = trainer.evaluate(*validation, recipe.batch_size)
@@ -796,16 +889,17 @@ def train(config: TrainingConfig) -> Path:
     with open(out_dir / HISTORY, "a") as f:
         f.write(json.dumps({
             "from_step": start, "to_step": step, "total_steps": steps, "phase": phase_of(phases, steps, step),
-            "images": (step - start) * recipe.batch_size, "minutes": round(elapsed / 60, 2),
-            "cpu_minutes": round((time.process_time() - began_cpu) / 60, 2),
-            "images_per_second": round((step - start) * recipe.batch_size / max(elapsed, 1e-9), 2),
+            "images": (step - start) * global_batch, "minutes": round(elapsed / 60, 2),
+            "cpu_minutes": round((time.process_time() - began_cpu) / 60, 2),  # (rank 0's, data-parallel)
+            "images_per_second": round((step - start) * global_batch / max(elapsed, 1e-9), 2),
             "frozen_encoder_steps": max(0, min(step, config.freeze_encoder_steps) - start),
-            "image_size": recipe.image_size, "batch_size": recipe.batch_size, "precision": trainer.precision,
+            "image_size": recipe.image_size, "batch_size": recipe.batch_size, "world_size": world_size,
+            "global_batch_size": global_batch, "precision": trainer.precision,
             "threads": torch.get_num_threads(), "device": str(device), "init": config.init, "resume": config.resume,
             "stopped_by_budget": step < steps and not stop.requested, "stopped_on_request": stop.requested,
             "validation": latest_val}) + "\n")
     tqdm.write(f"{config.network}: {status} at step {step}/{steps} ({phase_of(phases, steps, step)}), "
-               f"{(step - start) * recipe.batch_size} images in {elapsed / 60:.1f} min "
-               f"({(step - start) * recipe.batch_size / max(elapsed, 1e-9):.1f} img/s, {trainer.precision}, "
+               f"{(step - start) * global_batch} images in {elapsed / 60:.1f} min "
+               f"({(step - start) * global_batch / max(elapsed, 1e-9):.1f} img/s, {trainer.precision}, "
                f"{recipe.image_size}px){'; ' + terms if terms else ''}")
     return out_dir

@@ -18,6 +18,11 @@ ParaColorizer section III). Writes to ``--out``:
 background colourings overlaid with weight ``ALPHA`` instead of fused (``colorizers.paracolorizer.WeightedOverlay``).
 
 Models without weights are listed as unavailable with the reason. Metric definitions: :mod:`train.metrics`.
+
+Under ``torchrun`` (``torchrun --nproc-per-node N -m train.evaluate ...``) each process scores one contiguous
+shard of the images (on ``cuda:LOCAL_RANK``, or the CPU), and rank 0 gathers every shard's per-image metrics and
+Inception features, in image order, into the one table it writes: the same table as one process's, to float
+precision (FID is computed once, from all the features).
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ from colorizers.paracolorizer import WeightedOverlay
 from colorizers.weights import describe_source
 from train import metrics
 from train.data import KINDS, SPLITS, ImageSet, read_images
+from train.distributed import Distributed
 
 ALL_SPLITS = "all"
 GRAYSCALE = "grayscale"
@@ -128,6 +134,42 @@ class Evaluation:
                                      **means[name]))
         rows.append(MethodResult(name=GROUND_TRUTH, images=len(truth_features), colourfulness=truth_colour))
         return rows
+
+    def state(self) -> dict:
+        """What was gathered so far, as plain picklable data (one shard's share, sent to rank 0)."""
+        return {"per_image": {name: {metric: list(v) for metric, v in per.items()} for name, per in self.per_image.items()},
+                "features": {name: list(f) for name, f in self.features.items()}}
+
+    def add_state(self, state: dict) -> None:
+        """Append another shard's :meth:`state` (shards added in image order keep the one-process order)."""
+        for name, per in state["per_image"].items():
+            for metric, values in per.items():
+                self.per_image[name][metric].extend(values)
+        for name, features in state["features"].items():
+            self.features[name].extend(features)
+
+
+def shard(image_set: ImageSet, rank: int, world_size: int) -> ImageSet:
+    """Rank ``rank``'s contiguous share of ``image_set`` (the shards in rank order are the whole set, in order)."""
+    n = len(image_set)
+    part = slice(rank * n // world_size, (rank + 1) * n // world_size)
+    return ImageSet(image_set.images[part], image_set.labels[part], image_set.kinds[part], image_set.names[part])
+
+
+def gather_shards(evaluation: Evaluation, examples: dict[str, torch.Tensor], num_examples: int,
+                  distributed: Distributed) -> tuple[Evaluation, dict[str, torch.Tensor]] | None:
+    """On rank 0, every rank's scores in one :class:`Evaluation` and the first ``num_examples`` example images of
+    the whole set; ``None`` on the other ranks."""
+    shards = distributed.gather((evaluation.state(), examples))
+    if shards is None:
+        return None
+    merged = Evaluation(evaluation.fid, evaluation.lpips, evaluation.device)
+    columns: dict[str, list[torch.Tensor]] = defaultdict(list)
+    for state, shard_examples in shards:
+        merged.add_state(state)
+        for name, images in shard_examples.items():
+            columns[name].append(images)
+    return merged, {name: torch.cat(parts)[:num_examples] for name, parts in columns.items()}
 
 
 def evaluate(image_set: ImageSet, models: dict[str, colorizers.Colorizer], evaluation: Evaluation,
@@ -224,7 +266,8 @@ def _notes(args: argparse.Namespace, image_set: ImageSet, unavailable: dict[str,
         "PSNR: per image on RGB in [0, 1], mean over images (inf for an identical image). SSIM: Gaussian 11 x 11 "
         "window, sigma 1.5, on each RGB channel, averaged (as skimage's with gaussian_weights=True, "
         "use_sample_covariance=False), mean over images.",
-        f"Run: {seconds:.0f} s on {args.device}, batch size {args.batch_size}.",
+        f"Run: {seconds:.0f} s on {args.device}, batch size {args.batch_size}"
+        + (f", the images sharded over {args.world_size} processes (torchrun)." if args.world_size > 1 else "."),
     ]
     return notes
 
@@ -284,11 +327,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available")
     lpips_backbone = _lpips_backbone(parser, args.lpips_backbone)
+    distributed = Distributed.start(args.device)  # under torchrun: this rank's device; None in one process
+    try:
+        return _main(parser, args, lpips_backbone, distributed)
+    finally:
+        if distributed is not None:
+            distributed.close()
+
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace, lpips_backbone: Path | None,
+          distributed: Distributed | None) -> int:
+    main_rank = distributed is None or distributed.is_main  # the process that writes
+    args.world_size = 1 if distributed is None else distributed.world_size
+    if distributed is not None:
+        args.device = str(distributed.device)
     start = time.perf_counter()
 
     available, unavailable = colorizers.load_colorizers(args.models, source=args.weights, device=args.device)
     for name, reason in unavailable.items():
-        print(f"unavailable: {name}: {reason}", file=sys.stderr)
+        if main_rank:
+            print(f"unavailable: {name}: {reason}", file=sys.stderr)
     if not available:
         parser.error(f"none of the models {', '.join(args.models)} has weights under {describe_source(args.weights)}")
     for alpha in args.overlay:
@@ -299,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                 para.device, para.precision)
         else:
             unavailable[overlay_name(alpha)] = "it overlays paracolorizer's generators, which are unavailable"
-    if lpips_backbone is None:
+    if lpips_backbone is None and main_rank:
         print(f"LPIPS skipped: no AlexNet backbone at {metrics.DEFAULT_LPIPS_BACKBONE} (pass --lpips-backbone FILE)",
               file=sys.stderr)
 
@@ -311,7 +369,15 @@ def main(argv: list[str] | None = None) -> int:
     evaluation = Evaluation(metrics.FIDMetric(args.device, args.batch_size),
                             metrics.LPIPSMetric(lpips_backbone, args.device) if lpips_backbone else None, args.device)
     with torch.inference_mode():
-        examples = evaluate(image_set, available, evaluation, args.batch_size, args.examples)
+        if distributed is None:
+            examples = evaluate(image_set, available, evaluation, args.batch_size, args.examples)
+        else:  # each rank its shard; rank 0 gathers them all
+            examples = evaluate(shard(image_set, distributed.rank, distributed.world_size), available, evaluation,
+                                args.batch_size, args.examples)
+            gathered = gather_shards(evaluation, examples, args.examples, distributed)
+            if gathered is None:
+                return 0
+            evaluation, examples = gathered
         rows = evaluation.results()
     seconds = time.perf_counter() - start
 
