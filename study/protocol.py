@@ -25,6 +25,7 @@ from typing import Iterable, Mapping, Sequence
 from colorizers.pipeline import Colorizer
 
 from .keys import derived_key
+from .scoring import FlagRules
 from .stimuli import Stimuli, lower_thread_priority, save_blind_pair
 from .store import SIDES, AnswerRejected, StudyStore, Trial, TrialSpec
 
@@ -51,7 +52,9 @@ class StudySettings:
     jpeg_quality: int = 90
     bootstrap_samples: int = 2000
     admin_password: str | None = field(default=None, repr=False)
-    fast_ms: int = 300  # participants whose median time per scored pair is below this are flagged as too fast
+    fast_ms: int = 1000  # participants whose median time per scored pair is below this are flagged as too fast
+    too_right_percent: int = 95  # participants right on at least this share of their pairs are flagged
+    sign_in: bool = False  # participants sign in with a Hugging Face account, and each account takes part once
     starts_per_hour: int = 20  # new participants one client (IP address) may start per hour
 
     ENV_VARS = {
@@ -59,6 +62,7 @@ class StudySettings:
         "models": "STUDY_MODELS", "practice_pairs": "STUDY_PRACTICE_PAIRS", "batches": "STUDY_BATCHES",
         "pairs_per_batch": "STUDY_PAIRS_PER_BATCH", "seed": "STUDY_SEED", "admin_password": "STUDY_ADMIN_PASSWORD",
         "fast_ms": "STUDY_FAST_MS", "starts_per_hour": "STUDY_STARTS_PER_HOUR",
+        "too_right_percent": "STUDY_TOO_RIGHT_PERCENT", "sign_in": "STUDY_SIGN_IN",
     }
 
     def __post_init__(self):
@@ -69,6 +73,8 @@ class StudySettings:
             raise ValueError(f"practice_pairs must be 0 or more, got {self.practice_pairs}")
         if self.fast_ms < 0 or self.starts_per_hour < 1:
             raise ValueError("fast_ms must be 0 or more and starts_per_hour at least 1")
+        if not 0 < self.too_right_percent <= 101:
+            raise ValueError(f"too_right_percent must be 1 to 100 (101: never), got {self.too_right_percent}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> StudySettings:
@@ -83,6 +89,10 @@ class StudySettings:
                 values[name] = tuple(m.strip() for m in raw.split(",") if m.strip())
             elif name == "admin_password":
                 values[name] = raw
+            elif name == "sign_in":
+                if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                    raise ValueError(f"{var} must be 1 (participants sign in) or 0, got {raw!r}")
+                values[name] = raw.lower() in ("1", "true", "yes")
             else:
                 try:
                     values[name] = int(raw)
@@ -95,12 +105,30 @@ class StudySettings:
         return Path(self.db_path) if self.db_path else Path(self.data_dir) / "study.sqlite3"
 
     @property
+    def flag_rules(self) -> FlagRules:
+        """When a participant is flagged (``study.scoring.flag_participants``)."""
+        return FlagRules(fast_ms=self.fast_ms, too_right=self.too_right_percent / 100)
+
+    @property
     def scored_pairs(self) -> int:
         return self.batches * self.pairs_per_batch
 
     @property
     def photos_per_participant(self) -> int:
         return self.practice_pairs + self.scored_pairs
+
+
+@dataclass(frozen=True)
+class Account:
+    """A signed-in participant's account: ``id`` stays the same for the account for good (Hugging Face's "sub"),
+    ``name`` is its user name (shown to the organiser)."""
+
+    id: str
+    name: str
+
+
+SIGN_IN_FIRST = ("This study counts each person once: **sign in with your Hugging Face account** (the button above) "
+                 "to take part. Only your user name is stored with your answers.")
 
 
 class StudySetupError(RuntimeError):
@@ -291,6 +319,7 @@ class Study:
         self._served: dict[str, Path] = {}
         self._served_lock = threading.Lock()
         self.starts = StartLimiter(settings.starts_per_hour)
+        self.clock = time.time  # when pairs are shown and answered (tests set their own)
 
     def warm_cache_in_background(self) -> threading.Thread:
         """Compute the missing recolourings in a background thread at low priority, which stops when the
@@ -306,9 +335,21 @@ class Study:
         atexit.register(lambda: (stop.set(), thread.join()))  # never kill it inside torch at exit
         return thread
 
-    def start(self, participant_id: str | None, client: str = "local") -> Screen:
+    def _signed_in(self, participant_id: str | None, account: Account | None) -> str | None:
+        """With sign-in on, the participant is the account's own, whatever id the page sends (None before it has
+        taken part); without, the page's."""
+        if not self.settings.sign_in:
+            return participant_id
+        return self.store.participant_of(account.id) if isinstance(account, Account) else None
+
+    def start(self, participant_id: str | None, client: str = "local", account: Account | None = None) -> Screen:
         """Continue the participant's study where they left off, or enrol a new participant (at most
-        ``starts_per_hour`` per ``client`` an hour)."""
+        ``starts_per_hour`` per ``client`` an hour). With sign-in on, ``account`` is who is signed in: without
+        one nothing starts, and an account that has taken part continues its one participation, from any
+        browser."""
+        if self.settings.sign_in and not isinstance(account, Account):
+            return Screen("intro", message=SIGN_IN_FIRST)
+        participant_id = self._signed_in(participant_id, account)
         trials = self.store.trials(participant_id) if participant_id else []
         if not trials:
             if not self.starts.allow(client):
@@ -318,23 +359,29 @@ class Study:
             participant_id = self.store.create_participant(
                 lambda number: assign_trials(list(self.stimuli.photos), self.models, self.settings, number),
                 self.stimuli.weights.__getitem__,
+                *((account.id, account.name) if self.settings.sign_in else ()),
             )
-            return self._next(participant_id, "")
+            trials = self.store.trials(participant_id)  # an account's that started a moment ago has its own
         answered = sum(t.answered for t in trials)
         message = f"Welcome back: you have answered {answered} of {len(trials)} pairs." if answered else ""
         return self._next(participant_id, message)
 
-    def answer(self, participant_id: str | None, trial_id: str | None, choice: str, confident: bool) -> Screen:
-        """Record the participant's pick (``choice``: the side they think is recoloured) for ``trial_id``."""
+    def answer(self, participant_id: str | None, trial_id: str | None, choice: str, confident: bool,
+               account: Account | None = None) -> Screen:
+        """Record the participant's pick (``choice``: the side they think is recoloured) for ``trial_id``. With
+        sign-in on, the participant is ``account``'s."""
         if choice not in SIDES:
             raise ValueError(f"choice must be one of {SIDES}, got {choice!r}")
+        if self.settings.sign_in and not isinstance(account, Account):
+            return Screen("intro", message=SIGN_IN_FIRST)
+        participant_id = self._signed_in(participant_id, account)
         trials = {t.id: t for t in self.store.trials(participant_id)} if participant_id else {}
         trial = trials.get(trial_id)
         if trial is None:
             return Screen("intro", message="This page has expired. Press the button to continue the study.")
         if not trial.answered:
             try:
-                decision = self.store.record_answer(participant_id, trial.id, choice, confident, time.time())
+                decision = self.store.record_answer(participant_id, trial.id, choice, confident, self.clock())
             except AnswerRejected:  # not the current pair (an old page), or answered a moment ago
                 decision = None
         else:
@@ -354,8 +401,11 @@ class Study:
                 "is the real photo. Practice answers are not scored."))
         return self._next(participant_id, "")
 
-    def resume(self, participant_id: str | None) -> Screen:
+    def resume(self, participant_id: str | None, account: Account | None = None) -> Screen:
         """The participant's current pair (after a practice answer's feedback)."""
+        if self.settings.sign_in and not isinstance(account, Account):
+            return Screen("intro", message=SIGN_IN_FIRST)
+        participant_id = self._signed_in(participant_id, account)
         if not participant_id or not self.store.trials(participant_id):
             return Screen("intro", message="Press the button to start the study.")
         return self._next(participant_id, "")
@@ -375,7 +425,7 @@ class Study:
             self._forget_served(participant_id)
             return Screen("done", participant_id, message=message)
         pair = self._serve(current)
-        self.store.mark_shown(current.id, time.time(), self.stimuli.weights[current.model])
+        self.store.mark_shown(current.id, self.clock(), self.stimuli.weights[current.model])
         return Screen("trial", participant_id, current.id, pair, _progress(trials, current), message)
 
     def _serve(self, trial: Trial) -> Path:

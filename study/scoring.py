@@ -65,6 +65,70 @@ def fast_participants(answers: Iterable, fast_ms: float) -> dict[str, float]:
     return {pid: median for pid, median in medians.items() if median < fast_ms}
 
 
+#: What each flag means, for the organiser (``flag_participants``).
+FLAG_TITLES = {
+    "fast": "too fast",
+    "steady": "the same time for every pair",
+    "one_side": "every answer the same side",
+    "one_confidence": "every answer equally sure",
+    "too_right": "right far more often than people are",
+}
+
+
+@dataclass(frozen=True)
+class FlagRules:
+    """When a participant's answers look like a program's rather than a person's (``flag_participants``).
+
+    ``fast_ms``: a median time per pair under this (a person needs seconds to look at two photos and click).
+    ``steady_spread``: times whose spread (10th to 90th percentile) is under this share of their median: a
+    script's fixed wait with network jitter; people take long on some pairs and short on others.
+    ``too_right``: a share of right answers at or over this; recomputing the recolouring with the public models
+    gets nearly every pair right, which people do not.
+    ``min_answers``: the pattern flags (all but ``fast``) need at least this many answers, so that a person's
+    few answers cannot match a pattern by chance (all 8 on one side: 2 in 256 for someone choosing at random)."""
+
+    fast_ms: float = 1000.0
+    steady_spread: float = 0.15
+    too_right: float = 0.95
+    min_answers: int = 8
+
+
+def flag_participants(answers: Iterable, rules: FlagRules = FlagRules()) -> dict[str, dict[str, str]]:
+    """Participants whose answers (objects with ``participant_id``, ``response_ms``, ``choice``, ``confident``,
+    ``correct``) show patterns no person produces, each with why: participant -> {flag kind: what was seen}. The
+    kinds are ``FLAG_TITLES``' keys. A flag is a reason to look, not a proof; the organiser decides whom to leave
+    out (``summarize(exclude=...)``)."""
+    mine: dict[str, list] = {}
+    for a in answers:
+        mine.setdefault(a.participant_id, []).append(a)
+    flags: dict[str, dict[str, str]] = {}
+    for pid, rows in mine.items():
+        found: dict[str, str] = {}
+        times = np.array([a.response_ms for a in rows if a.response_ms is not None], dtype=float)
+        n = len(rows)
+        if len(times):
+            median = float(np.median(times))
+            if median < rules.fast_ms:
+                found["fast"] = f"median {median:.0f} ms per pair"
+            if len(times) >= rules.min_answers and median > 0:
+                low, high = np.percentile(times, [10, 90])
+                if (high - low) / median < rules.steady_spread:
+                    found["steady"] = f"{low:.0f} to {high:.0f} ms on most pairs"
+        if n >= rules.min_answers:
+            sides = {a.choice for a in rows}
+            if len(sides) == 1:
+                found["one_side"] = f"{n} of {n} on the {next(iter(sides))}"
+            sure = sum(bool(a.confident) for a in rows)
+            if sure in (0, n):
+                found["one_confidence"] = f"{n} of {n} {'sure' if sure else 'not sure'}"
+            right = sum(bool(a.correct) for a in rows)
+            if right / n >= rules.too_right:
+                found["too_right"] = f"{right} of {n} right"
+        if found:
+            flags[pid] = found
+    return flags
+
+
 def summarize(answers: Iterable, samples: int = 2000, seed: int = 0, level: float = 0.95,
               exclude: Iterable[str] = ()) -> list[ModelSummary]:
     """Per model: fooling score and fool rate, each with a bootstrap interval over participants. ``answers``:

@@ -63,7 +63,12 @@ _ADDED_COLUMNS = (
     ("trials", "shown_weights", "TEXT", None),
     ("answers", "weights", "TEXT NOT NULL DEFAULT ''",
      "UPDATE answers SET weights = (SELECT t.weights FROM trials t WHERE t.id = answers.trial_id)"),
+    ("participants", "account", "TEXT", None),       # the signed-in account's stable id (Hugging Face: "sub")
+    ("participants", "account_name", "TEXT", None),  # its user name when it signed up, for the organiser's eyes
 )
+#: One participation per account, enforced by the database (participants without an account are not limited).
+_ACCOUNT_INDEX = ("CREATE UNIQUE INDEX IF NOT EXISTS participants_account ON participants(account) "
+                  "WHERE account IS NOT NULL")
 
 
 def decision_case(correct: bool, confident: bool) -> int:
@@ -130,6 +135,7 @@ class AnswerRow:
     response_ms: int | None
     shown_at: float | None
     answered_at: float
+    account: str | None = None  # the participant's signed-in account (its user name), if they signed in
 
 
 class StudyStore:
@@ -145,6 +151,7 @@ class StudyStore:
                     con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
                     if backfill:
                         con.execute(backfill)
+            con.execute(_ACCOUNT_INDEX)
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -165,16 +172,29 @@ class StudyStore:
                 raise
             con.execute("COMMIT")
 
-    def create_participant(self, plan: Callable[[int], Sequence[TrialSpec]], weights: Callable[[str], str]) -> str:
+    def create_participant(self, plan: Callable[[int], Sequence[TrialSpec]], weights: Callable[[str], str],
+                           account: str | None = None, account_name: str | None = None) -> str:
         """A new participant with the trials ``plan(number)`` returns for their arrival number; ``weights(model)``
-        names the weights each model's recolourings come from. Returns the participant's random id."""
+        names the weights each model's recolourings come from. Returns the participant's random id. With an
+        ``account`` (a signed-in account's stable id) that has a participant already, that one is returned and
+        nothing is created: an account takes part once."""
         participant_id = secrets.token_urlsafe(16)
         with self._write() as con:
+            if account is not None:
+                row = con.execute("SELECT id FROM participants WHERE account = ?", (account,)).fetchone()
+                if row is not None:
+                    return row["id"]
             number = con.execute("SELECT COUNT(*) FROM participants").fetchone()[0]
-            con.execute("INSERT INTO participants (id, number, created_at) VALUES (?, ?, ?)",
-                        (participant_id, number, time.time()))
+            con.execute("INSERT INTO participants (id, number, created_at, account, account_name) "
+                        "VALUES (?, ?, ?, ?, ?)", (participant_id, number, time.time(), account, account_name))
             _insert_trials(con, participant_id, enumerate(plan(number)), weights)
         return participant_id
+
+    def participant_of(self, account: str) -> str | None:
+        """The participant id of a signed-in account, or None if it has not taken part."""
+        with closing(self._connect()) as con:
+            row = con.execute("SELECT id FROM participants WHERE account = ?", (account,)).fetchone()
+        return None if row is None else row["id"]
 
     def trials_count(self) -> int:
         """How many trials are planned, over all participants."""
@@ -250,7 +270,7 @@ class StudyStore:
             rows = con.execute(
                 "SELECT p.id AS participant_id, p.number AS participant_number, t.id AS trial_id, t.position, "
                 "t.phase, t.batch, t.photo, t.model, a.weights, t.recoloured_side, a.choice, a.confident, "
-                "a.correct, a.case_number, a.response_ms, t.shown_at, a.answered_at "
+                "a.correct, a.case_number, a.response_ms, t.shown_at, a.answered_at, p.account_name AS account "
                 "FROM answers a JOIN trials t ON t.id = a.trial_id JOIN participants p ON p.id = t.participant_id "
                 f"{where} ORDER BY a.answered_at, t.participant_id, t.position",
                 args,
@@ -258,7 +278,8 @@ class StudyStore:
         return [AnswerRow(**{**dict(r), "confident": bool(r["confident"]), "correct": bool(r["correct"])})
                 for r in rows]
 
-    def write_csv(self, out: TextIO, flagged: Mapping[str, object] = {}, flags: Mapping[str, Iterable[str]] = {}) -> int:
+    def write_csv(self, out: TextIO, flagged: Mapping[str, object] = {},
+                  flags: Mapping[str, Iterable[str]] = {}) -> int:
         """Every raw answer, practice included, as CSV with ISO 8601 UTC timestamps, a ``flagged_fast`` column
         (1 for the participants in ``flagged``, e.g. ``scoring.fast_participants``) and a ``flags`` column (the
         participant's flag kinds in ``flags``, e.g. ``scoring.flag_participants``, separated by spaces); returns

@@ -10,19 +10,23 @@ until it has been answered.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import io
 import logging
 import os
 import re
 import secrets
 import shutil
+import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping
 
+import anyio
 import gradio as gr
 import pandas as pd
 from gradio.context import Context
@@ -35,8 +39,8 @@ from fairqueue import client_key
 
 from .hub_sync import StudyHubSync, start_hub_sync
 from .keys import derived_key
-from .protocol import Screen, Study, StudySettings, StudySetupError
-from .scoring import case_table, fast_participants, fooling_score, summarize
+from .protocol import Account, Screen, Study, StudySettings, StudySetupError
+from .scoring import FLAG_TITLES, case_table, flag_participants, fooling_score, summarize
 from .store import StudyStore
 
 log = logging.getLogger(__name__)
@@ -184,6 +188,18 @@ class SessionTokens:
         return -60 <= age <= self.max_age_s and hmac.compare_digest(mac, self._mac(session_hash, int(issued)))
 
 
+def account_of(profile) -> Account | None:
+    """The signed-in account of a Gradio ``OAuthProfile`` (from the session Hugging Face's sign-in set; None when
+    signed out): its stable id ("sub", which survives a change of user name) and its user name."""
+    if not isinstance(profile, dict):
+        return None
+    name = profile.get("preferred_username")
+    account_id = profile.get("sub") or name
+    if not isinstance(account_id, str) or not account_id:
+        return None
+    return Account(f"hf:{account_id}", str(name or account_id)[:100])
+
+
 def _participant_tab(study: Study) -> dict[str, Callable]:
     participant = gr.BrowserState(None, storage_key=BROWSER_STORAGE_KEY,
                                   secret=_browser_secret(study.settings.data_dir))
@@ -196,6 +212,8 @@ def _participant_tab(study: Study) -> dict[str, Callable]:
     tokens = SessionTokens(_secret(study.settings.data_dir, "session-token.key"))
     with gr.Column(visible=True) as intro:
         gr.Markdown(_instructions(study.settings))
+        if study.settings.sign_in:  # Gradio then serves Hugging Face's sign-in (OAuth; mocked off a Space)
+            gr.LoginButton(elem_id="study-sign-in")
         # Enabled once the page has its study session (the load event below), so no click can come before it.
         start_button = gr.Button("Start, or continue where I left off", variant="primary", interactive=False,
                                  elem_id="study-start")
@@ -245,21 +263,23 @@ def _participant_tab(study: Study) -> dict[str, Callable]:
             return None, gr.update(interactive=False)
         return tokens.issue(session_hash), gr.update(interactive=True)
 
-    def start(participant_id: str | None, token: str | None, request: gr.Request | None = None) -> tuple:
+    def start(participant_id: str | None, token: str | None, profile: gr.OAuthProfile | None,
+              request: gr.Request | None = None) -> tuple:
         check(token, request, participant_id)
-        return render(study.start(participant_id, client_key(request)))
+        return render(study.start(participant_id, client_key(request), account_of(profile)))
 
     def answer(label: str, participant_id: str | None, trial_id: str | None, token: str | None,
-               request: gr.Request | None = None) -> tuple:
+               profile: gr.OAuthProfile | None, request: gr.Request | None = None) -> tuple:
         check(token, request, participant_id)
         if not isinstance(label, str) or label not in ANSWERS or (trial_id is not None and not isinstance(trial_id, str)):
             raise gr.Error(UNKNOWN_ANSWER, title="Study", print_exception=False)
         side, confident = ANSWERS[label]
-        return render(study.answer(participant_id, trial_id, side, confident))
+        return render(study.answer(participant_id, trial_id, side, confident, account_of(profile)))
 
-    def next_pair(participant_id: str | None, token: str | None, request: gr.Request | None = None) -> tuple:
+    def next_pair(participant_id: str | None, token: str | None, profile: gr.OAuthProfile | None,
+                  request: gr.Request | None = None) -> tuple:
         check(token, request, participant_id)
-        return render(study.resume(participant_id))
+        return render(study.resume(participant_id, account_of(profile)))
 
     private = dict(api_visibility="private", concurrency_limit=None)
     Context.root_block.load(open_session, None, [session, start_button], **private)
@@ -280,50 +300,117 @@ def _results_tab(settings: StudySettings, serve_dir: Path) -> dict[str, Callable
                     "the app; the results are then shown here to whoever enters it.")
         return {}
     password = gr.Textbox(label="Organiser password", type="password")
-    exclude_fast = gr.Checkbox(True, label=f"Leave out participants flagged as too fast (median under "
-                                             f"{settings.fast_ms} ms per pair)", elem_id="study-exclude-fast")
+    leave_out = gr.CheckboxGroup([(title, kind) for kind, title in FLAG_TITLES.items()], value=list(FLAG_TITLES),
+                                 label="Leave out participants flagged as", elem_id="study-leave-out")
+    leave_out_names = gr.Textbox(label="Leave out these accounts or participant ids (separated by commas or spaces)",
+                                 elem_id="study-leave-out-names")
     show_button = gr.Button("Show results", variant="primary")
     message = gr.Markdown(elem_id="study-results-note")
     with gr.Column(visible=False) as results:
         summary = gr.Dataframe(label="Fooling score per model", interactive=False)
-        flagged_frame = gr.Dataframe(label="Participants flagged as too fast", interactive=False)
+        in_and_out = gr.Dataframe(label="Fooling score with the flagged participants in and out", interactive=False,
+                                  elem_id="study-in-and-out")
+        flagged_frame = gr.Dataframe(label="Participants, the flagged first (answer patterns no person produces)",
+                                     interactive=False, elem_id="study-participants")
         chart = gr.Plot(label="Fooling score with 95% interval", elem_id="study-chart")
         cases = gr.Dataframe(label="Cases per batch (Table III)", interactive=False)
-        raw = gr.File(label="Every raw answer (CSV)")
+        # The CSV travels in this event's reply only: never as a file in Gradio's cache, which serves its files to
+        # anyone who has their link.
+        raw = gr.Code(label="Every raw answer (CSV: copy or download it with the buttons)", language=None,
+                      interactive=False, buttons=["copy", "download"], max_lines=12, elem_id="study-csv")
+    compute_lock = threading.Lock()  # one results computation at a time; guesses never wait for it
 
-    def show_results(entered: str | None, exclude: bool = True) -> tuple:
-        if not isinstance(entered, str) or not hmac.compare_digest(entered.encode(), settings.admin_password.encode()):
-            time.sleep(WRONG_PASSWORD_DELAY_S)
-            return "Wrong password.", gr.update(visible=False), None, None, None, None, None
+    def compute(kinds: set[str], names: set[str]) -> tuple:
         store = StudyStore(settings.database)
         answers = store.answers()
-        flagged = fast_participants(answers, settings.fast_ms)
-        left_out = set(flagged) if exclude is True else set()
+        if not answers:
+            return (f"{_protection_note(settings, [])}No scored answers yet.", gr.update(visible=False),
+                    None, None, None, None, None, None)
+        flagged = flag_participants(answers, settings.flag_rules)
+        fast = {pid: found["fast"] for pid, found in flagged.items() if "fast" in found}
+        accounts = {a.participant_id: a.account for a in answers}
+        named = {pid for pid, account in accounts.items() if pid in names or (account and account in names)}
+        left_out = {pid for pid, found in flagged.items() if kinds & set(found)} | named
         summaries = sorted(summarize(answers, settings.bootstrap_samples, BOOTSTRAP_SEED, exclude=left_out),
                            key=lambda s: _display_rank(s.model))
-        csv_path = serve_dir / secrets.token_hex(16) / f"study-answers-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.csv"
-        csv_path.parent.mkdir()
-        with open(csv_path, "w", newline="") as out:
-            rows = store.write_csv(out, flagged)
+        out = io.StringIO()
+        rows = store.write_csv(out, fast, {pid: sorted(found) for pid, found in flagged.items()})
         counted = sum(a.participant_id not in left_out for a in answers)
-        note = (f"{len(answers)} scored decisions, {rows} answers in all (practice included). "
-                f"{len(flagged)} participant(s) flagged as too fast (median under {settings.fast_ms} ms per pair); "
-                + (f"they are left out, so the scores count {counted} decisions. " if left_out else
-                   "they are counted in the scores. ")
+        note = (f"{_protection_note(settings, answers)}"
+                f"{len(answers)} scored decisions, {rows} answers in all (practice included). "
+                f"{len(flagged)} participant(s) flagged for answer patterns no person produces; "
+                + (f"{len(left_out - named)} of them are left out" if left_out - named else "none is left out")
+                + (f", and {len(named)} participant(s) you named" if named else "")
+                + (f", so the scores count {counted} decisions. " if left_out else ". ")
                 + "Fooling score: mean of the case scores 0 / 0.25 / 0.75 / 1; 0.5 means participants could not "
                 f"tell recolouring from photo. Intervals: 95% bootstrap over participants "
-                f"({settings.bootstrap_samples} resamples). The CSV has every raw answer, with the flag.")
-        if not answers:
-            note = "No scored answers yet."
-        flagged_rows = pd.DataFrame([{"Participant": pid, "Median ms per pair": round(ms)}
-                                     for pid, ms in sorted(flagged.items(), key=lambda item: item[1])],
-                                    columns=["Participant", "Median ms per pair"])
-        return (note, gr.update(visible=bool(answers)), _summary_frame(summaries), flagged_rows, _chart(summaries),
-                _case_frame(answers, left_out), str(csv_path))
+                f"({settings.bootstrap_samples} resamples). The CSV has every raw answer, with the flags.")
+        counts = Counter(a.participant_id for a in answers)
+        flagged_rows = pd.DataFrame(
+            [{"Participant": pid, "Account": accounts[pid] or "", "Answers": counts[pid],
+              "Flags": "; ".join(f"{FLAG_TITLES[kind]} ({seen})" for kind, seen in flagged.get(pid, {}).items()),
+              "Left out": "yes" if pid in left_out else "no"}
+             for pid in sorted(counts, key=lambda pid: (-len(flagged.get(pid, {})), accounts[pid] or "", pid))],
+            columns=["Participant", "Account", "Answers", "Flags", "Left out"])
+        return (note, gr.update(visible=bool(answers)), _summary_frame(summaries),
+                _in_and_out_frame(answers, set(flagged)), flagged_rows, _chart(summaries),
+                _case_frame(answers, left_out), out.getvalue())
 
-    show_button.click(show_results, [password, exclude_fast],
-                      [message, results, summary, flagged_frame, chart, cases, raw], api_visibility="private")
+    async def show_results(entered: str | None, leave_out_kinds=True, leave_out_names: str | None = "") -> tuple:
+        """The results for the organiser's password. A wrong guess waits ``WRONG_PASSWORD_DELAY_S`` without
+        holding a worker thread, and guesses never queue behind each other, so the organiser never waits for
+        someone else's. ``leave_out_kinds``: the flag kinds whose participants are left out (True: every kind);
+        ``leave_out_names``: accounts (user names) and participant ids to leave out as well."""
+        if not isinstance(entered, str) or not hmac.compare_digest(entered.encode(), settings.admin_password.encode()):
+            await asyncio.sleep(WRONG_PASSWORD_DELAY_S)
+            return "Wrong password.", gr.update(visible=False), None, None, None, None, None, None
+        if leave_out_kinds is True:
+            kinds = set(FLAG_TITLES)
+        elif isinstance(leave_out_kinds, (list, tuple)):
+            kinds = {kind for kind in leave_out_kinds if isinstance(kind, str) and kind in FLAG_TITLES}
+        else:
+            kinds = set()
+
+        names = set(re.split(r"[\s,]+", leave_out_names.strip())) - {""} if isinstance(leave_out_names, str) else set()
+
+        def locked():
+            with compute_lock:
+                return compute(kinds, names)
+        return await anyio.to_thread.run_sync(locked)
+
+    show_button.click(show_results, [password, leave_out, leave_out_names],
+                      [message, results, summary, in_and_out, flagged_frame, chart, cases, raw],
+                      api_visibility="private", concurrency_limit=None)
     return {"show_results": show_results}
+
+
+def _protection_note(settings: StudySettings, answers) -> str:
+    """What the scores are protected against, as the first words of the results."""
+    if not settings.sign_in:
+        return ("**A pilot: these scores are unprotected.** Participants do not sign in (`STUDY_SIGN_IN` is off), so "
+                "one person, or a program, can take part any number of times and move the scores; the flags below "
+                "catch only the clumsy ones. For scores that count, turn sign-in on.\n\n")
+    anonymous = {a.participant_id for a in answers if not a.account}
+    if anonymous:
+        return (f"Participants sign in with a Hugging Face account and take part once each; "
+                f"{len(anonymous)} participant(s) without an account (from before sign-in was on) are listed "
+                "below: leave them out by their id for scores that count.\n\n")
+    return "Participants sign in with a Hugging Face account and take part once each.\n\n"
+
+
+def _in_and_out_frame(answers, flagged: set[str]) -> pd.DataFrame:
+    """Per model: the fooling score with everyone, and with every flagged participant left out."""
+    everyone = {s.model: s for s in summarize(answers, samples=1)}
+    kept = {s.model: s for s in summarize(answers, samples=1, exclude=flagged)}
+    rows = []
+    for model in sorted(everyone, key=_display_rank):
+        with_them, without = everyone[model], kept.get(model)
+        rows.append({"Model": _title(model), "Everyone": round(with_them.fooling_score, 4),
+                     "Flagged left out": round(without.fooling_score, 4) if without else None,
+                     "Decisions (everyone)": with_them.decisions,
+                     "Decisions (flagged left out)": without.decisions if without else 0})
+    return pd.DataFrame(rows, columns=["Model", "Everyone", "Flagged left out", "Decisions (everyone)",
+                                       "Decisions (flagged left out)"])
 
 
 def _display_rank(model: str) -> int:

@@ -22,7 +22,9 @@ import colorizers
 from study.protocol import (
     SEED_FILE, StartLimiter, Study, StudySettings, StudySetupError, assign_trials, practice_photos, replan_trials,
 )
-from study.scoring import CASE_SCORES, case_table, decision_case, fast_participants, fooling_score, summarize
+from study.scoring import (
+    CASE_SCORES, FlagRules, case_table, decision_case, fast_participants, flag_participants, fooling_score, summarize,
+)
 from study.stimuli import PAIR_GAP, Stimuli, compose_pair, save_blind_pair
 from study.store import AnswerRejected, Decision, StudyStore, Trial, TrialSpec
 from tests.study_helpers import SERVED_NAME, answer_all, load_models, small_settings
@@ -161,15 +163,16 @@ def test_too_few_photos_for_the_design_is_explained():
 def test_settings_from_environment():
     env = {"STUDY_PHOTOS": "/p", "STUDY_DB": "/d/s.db", "STUDY_MODELS": "cnn, paracolorizer", "STUDY_BATCHES": "3",
            "STUDY_PAIRS_PER_BATCH": "6", "STUDY_PRACTICE_PAIRS": "0", "STUDY_SEED": "9",
-           "STUDY_ADMIN_PASSWORD": "s3cret", "STUDY_FAST_MS": "250", "STUDY_STARTS_PER_HOUR": "5"}
+           "STUDY_ADMIN_PASSWORD": "s3cret", "STUDY_FAST_MS": "250", "STUDY_STARTS_PER_HOUR": "5",
+           "STUDY_TOO_RIGHT_PERCENT": "90"}
     s = StudySettings.from_env(env)
-    assert (s.fast_ms, s.starts_per_hour) == (250, 5)
+    assert (s.fast_ms, s.starts_per_hour, s.flag_rules.too_right) == (250, 5, 0.9)
     assert (s.photos_dir, s.database, s.models) == (Path("/p"), Path("/d/s.db"), ("cnn", "paracolorizer"))
     assert (s.batches, s.pairs_per_batch, s.practice_pairs, s.seed, s.admin_password) == (3, 6, 0, 9, "s3cret")
     assert "s3cret" not in repr(s)
     defaults = StudySettings.from_env({})
     assert (defaults.batches, defaults.pairs_per_batch, defaults.models, defaults.seed) == (4, 5, None, None)
-    assert (defaults.fast_ms, defaults.starts_per_hour) == (300, 20)
+    assert (defaults.fast_ms, defaults.starts_per_hour, defaults.too_right_percent) == (1000, 20, 95)
     assert defaults.database.name == "study.sqlite3"
     with pytest.raises(ValueError, match="STUDY_BATCHES"):
         StudySettings.from_env({"STUDY_BATCHES": "four"})
@@ -493,6 +496,48 @@ def test_fast_answers_are_flagged_and_their_exclusion_changes_the_scores():
     assert without.fooling_score == pytest.approx((0 + 0.25 + 0.75 + 0) / 4)
     assert (all_in.participants, without.participants) == (3, 2)
     assert case_table(answers, exclude={"bot"}) == {"m": {1: [2, 1, 1, 0]}}
+
+
+class _Given:
+    """One scored answer as ``flag_participants`` reads it."""
+
+    def __init__(self, participant_id, response_ms, choice="left", confident=True, correct=True):
+        self.participant_id, self.response_ms = participant_id, response_ms
+        self.choice, self.confident, self.correct = choice, confident, correct
+
+
+def _person(pid, n=20, seed=0):
+    """Someone who takes 1.5 to 12 s per pair, picks either side, is sometimes sure, and right about 70 % of the
+    time."""
+    rng = np.random.default_rng(seed)
+    return [_Given(pid, int(rng.uniform(1500, 12000)), ("left", "right")[i % 2 ^ (i % 3 == 0)], i % 4 != 1,
+                   rng.random() < 0.7) for i in range(n)]
+
+
+def test_a_patient_bot_is_flagged_for_patterns_no_person_produces():
+    """A script that waits 0.35 s per answer (+ a few ms of network) passes the old test of a median under 300 ms;
+    its times are too short and too even for a person. Bots that wait like people still give themselves away by
+    always picking the same side, always the same confidence, or being right on nearly every pair."""
+    rng = np.random.default_rng(1)
+    answers = [*_person("person-1", seed=1), *_person("person-2", seed=2),
+               *[_Given("bot-0.35s", 350 + int(rng.integers(0, 25)), ("left", "right")[i % 2], i % 2 == 0,
+                        i % 3 != 0) for i in range(20)],
+               *[_Given("patient-left", int(rng.uniform(2000, 9000)), "left", i % 2 == 0, i % 2 == 0)
+                 for i in range(20)],
+               *[_Given("patient-sure", int(rng.uniform(2000, 9000)), ("left", "right")[i % 2], True, i % 3 != 0)
+                 for i in range(20)],
+               *[_Given("recomputes", int(rng.uniform(2000, 9000)), ("left", "right")[i % 2], i % 2 == 0,
+                        i != 7) for i in range(20)]]
+    flags = flag_participants(answers, FlagRules())
+    assert "person-1" not in flags and "person-2" not in flags, flags
+    assert set(flags["bot-0.35s"]) == {"fast", "steady"} and flags["bot-0.35s"]["fast"].startswith("median 3")
+    assert set(flags["patient-left"]) == {"one_side"} and flags["patient-left"]["one_side"] == "20 of 20 on the left"
+    assert set(flags["patient-sure"]) == {"one_confidence"}
+    assert set(flags["recomputes"]) == {"too_right"} and flags["recomputes"]["too_right"] == "19 of 20 right"
+    # Patterns need enough answers to mean anything: a person's first few answers on one side are no flag.
+    assert flag_participants([_Given("few", 3000 + 500 * i, "left") for i in range(7)]) == {}
+    assert flag_participants(answers, FlagRules(fast_ms=300))["bot-0.35s"].keys() == {"steady"}  # the old rule alone misses it
+    assert "bot-0.35s" not in fast_participants(answers, 300)
 
 
 def test_new_participants_per_client_are_limited(tmp_path, available):

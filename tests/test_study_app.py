@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import io
 import json
 import os
 import re
 import secrets
+import sqlite3
 import threading
 import time
 
@@ -185,9 +187,9 @@ def test_a_resent_answer_is_taken_as_the_stored_one(launched):
     assert [(r.choice, r.confident) for r in rows] == [("left", True), ("right", False)]
 
 
-def _queue_call(url: str, fn_index: int, data: list, session_hash: str) -> dict:
+def _queue_call(url: str, fn_index: int, data: list, session_hash: str, headers: dict | None = None) -> dict:
     """A raw POST to Gradio's queue, as a script would send it, and the event's final message."""
-    with httpx.Client(base_url=url, timeout=60) as http:
+    with httpx.Client(base_url=url, timeout=60, headers=headers) as http:
         joined = http.post("/gradio_api/queue/join", json={"data": data, "fn_index": fn_index, "trigger_id": None,
                                                              "session_hash": session_hash, "event_data": None})
         joined.raise_for_status()
@@ -309,78 +311,140 @@ def test_results_are_locked_without_a_password(available, tmp_path):
     assert "STUDY_ADMIN_PASSWORD" in json.dumps(demo.get_config_file(), default=str)
 
 
+def show(tabs, *args):
+    """The results tab's handler (a coroutine function: wrong guesses wait without holding a thread)."""
+    return asyncio.run(tabs.handlers["show_results"](*args))
+
+
 def test_results_need_the_password(launched, monkeypatch):
     demo, tabs, settings = launched
     monkeypatch.setattr(study_app, "WRONG_PASSWORD_DELAY_S", 0)
-    show = tabs.handlers["show_results"]
-    denied = show("organiser-pX")
-    assert denied[0] == "Wrong password." and denied[1]["visible"] is False and denied[2:] == (None,) * 5
+    denied = show(tabs, "organiser-pX")
+    assert denied[0] == "Wrong password." and denied[1]["visible"] is False and denied[2:] == (None,) * 6
 
-    empty = show("organiser-pw")
+    empty = show(tabs, "organiser-pw")
     assert "No scored answers yet" in empty[0]
 
     for labels in (["Left, I'm sure"], ["Right, I'm not sure", "Left, I'm not sure"]):
         browser = Browser(demo)
         browser.finish(browser.start(), labels)
-    note, panel, summary, flagged, chart, cases, csv_path = show("organiser-pw", False)
+    note, panel, summary, in_and_out, flagged, chart, cases, csv_text = show(tabs, "organiser-pw", [])
     assert panel["visible"] is True and "8 scored decisions, 10 answers" in note
     assert list(summary["Model"]) == [colorizers.MODEL_TITLES[m] for m in MODELS]
     assert summary["Decisions"].sum() == 8 and set(summary["Participants"]) == {2}
     assert cases[["Case 1", "Case 2", "Case 3", "Case 4"]].to_numpy().sum() == 8
     assert set(cases["Batch"]) == {1, 2}
     assert len(chart.axes[0].patches) == len(MODELS)
-    with open(csv_path, newline="") as f:
-        raw = list(csv.DictReader(f))
+    raw = list(csv.DictReader(io.StringIO(csv_text)))
     assert len(raw) == 10 and {r["phase"] for r in raw} == {"practice", "scored"}
     assert str(settings.data_dir) not in note and str(tmp_path_of(settings)) not in note  # no server paths
+
+
+def test_the_csv_is_never_a_file_in_the_public_cache(launched, monkeypatch):
+    """Gradio serves the files in its cache to anyone with their link; the CSV reaches only the organiser, in the
+    reply to the password-checked event."""
+    from gradio.utils import get_upload_folder
+    demo, tabs, settings = launched
+    browser = Browser(demo)
+    browser.finish(browser.start(), ["Left, I'm sure"])
+    csv_text = show(tabs, "organiser-pw")[-1]
+    assert csv_text.startswith("participant_id,") and browser.stored_id in csv_text
+    cached = [p for p in Path(get_upload_folder()).rglob("*") if p.is_file()]
+    assert not [p for p in cached if p.suffix == ".csv" or browser.stored_id in p.read_bytes().decode("latin-1")]
+
+
+def test_wrong_guesses_do_not_hold_up_the_organiser(launched, monkeypatch):
+    """Each wrong password still costs its sender the delay, but guesses wait side by side, off any shared queue
+    and without holding a worker thread: the organiser's right one, sent with ten wrong ones, does not wait for
+    them (one at a time, as before, it came back after all ten delays: 10 s and more)."""
+    monkeypatch.setattr(study_app, "WRONG_PASSWORD_DELAY_S", 1.0)
+    demo, tabs, settings = launched
+    (event,) = [f for f in demo.fns.values() if f.name == "show_results"]
+    assert event.concurrency_limit is None  # Gradio's queue runs every guess at once
+    handler = tabs.handlers["show_results"]
+
+    async def together():
+        started = time.monotonic()
+
+        async def timed(password):
+            reply = await handler(password, [], "")
+            return time.monotonic() - started, reply[0]
+        return await asyncio.gather(*(timed(f"guess-{i}") for i in range(10)), timed("organiser-pw"))
+
+    *wrong, (took, note) = asyncio.run(together())
+    assert "No scored answers yet" in note and took < 1.0, (took, note)
+    assert all(reply == "Wrong password." and 1.0 <= t < 3.0 for t, reply in wrong), wrong
 
 
 def tmp_path_of(settings):
     return settings.data_dir.parent
 
 
-def test_too_fast_participants_are_flagged_and_can_be_left_out(launched, monkeypatch):
+class Clock:
+    """The study's clock in a test: it moves only when told to."""
+
+    def __init__(self):
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_bot_answering_every_0_35_s_is_flagged_and_can_be_left_out(launched, monkeypatch):
     demo, tabs, settings = launched
-    monkeypatch.setattr(study_app, "WRONG_PASSWORD_DELAY_S", 0)
+    clock = tabs.study.clock = Clock()
     human, bot = Browser(demo), Browser(demo)
     out = human.start()
-    for _ in range(settings.photos_per_participant):  # a person looks at each pair for a while
-        time.sleep(0.35)
-        out = human.next_pair() if out.get("study-feedback") else human.answer("Left, I'm not sure")
+    for wait in (2.1, 4.8, 3.0, 9.5, 2.6):  # a person looks at each pair for a few seconds
+        clock.now += wait
+        out = human.answer("Left, I'm not sure")
         if out.get("study-feedback"):
             out = human.next_pair()
-    out = bot.start()  # answers in milliseconds, always picking the real photo (as a bot reading a leak would)
+    assert _visible(out.get("study-done"))
+    out = bot.start()  # waits 0.35 s per pair, always picking the real photo (to push the scores up)
     store = StudyStore(settings.database)
     while not _visible(out.get("study-done")):
         if out.get("study-feedback"):
             out = bot.next_pair()
             continue
         (trial,) = [t for t in store.trials(bot.stored_id) if t.id == bot.trial_id]
+        clock.now += 0.35
         out = bot.answer("Right, I'm sure" if trial.recoloured_side == "left" else "Left, I'm sure")
     rows = StudyStore(settings.database).answers()
     mine = {b.stored_id: [r for r in rows if r.participant_id == b.stored_id] for b in (human, bot)}
-    assert min(r.response_ms for r in mine[human.stored_id]) >= 300
-    assert max(r.response_ms for r in mine[bot.stored_id]) < 300
+    assert min(r.response_ms for r in mine[human.stored_id]) >= 2000
+    assert {r.response_ms for r in mine[bot.stored_id]} == {350}
 
     def fooling(rows):
         return sum((0, 0.25, 0.75, 1)[r.case_number - 1] for r in rows) / len(rows)
 
-    note, _, summary, flagged, _, cases, csv_path = tabs.handlers["show_results"]("organiser-pw", False)
-    assert "1 participant(s) flagged" in note and "counted in the scores" in note
-    assert list(flagged["Participant"]) == [bot.stored_id]
+    note, _, summary, in_and_out, people, _, cases, csv_text = show(tabs, "organiser-pw", [])
+    assert "1 participant(s) flagged" in note and "none is left out" in note
+    assert "A pilot: these scores are unprotected" in note  # no sign-in
+    flagged = people[people["Flags"] != ""]
+    assert list(flagged["Participant"]) == [bot.stored_id] and "too fast (median 350 ms" in flagged["Flags"].iloc[0]
+    assert list(people["Participant"]) == [bot.stored_id, human.stored_id]  # the flagged first
+    assert list(people["Left out"]) == ["no", "no"]
     assert summary["Decisions"].sum() == 8 and cases["Decisions"].sum() == 8
     everyone = fooling(rows)
-    note, _, summary, flagged, _, cases, _ = tabs.handlers["show_results"]("organiser-pw", True)
-    assert "left out" in note and summary["Decisions"].sum() == 4 and cases["Decisions"].sum() == 4
+    note, _, summary, in_and_out_again, people, _, cases, _ = show(tabs, "organiser-pw", ["fast"])
+    assert "1 of them are left out" in note and summary["Decisions"].sum() == 4 and cases["Decisions"].sum() == 4
+    assert list(people["Left out"]) == ["yes", "no"]
     only_human = fooling(mine[human.stored_id])
     weighted = (summary["Fooling score"] * summary["Decisions"]).sum() / summary["Decisions"].sum()
     assert weighted == pytest.approx(only_human, abs=1e-3)
     assert fooling(mine[bot.stored_id]) == 1.0, mine[bot.stored_id]
     assert only_human < everyone, (only_human, everyone)  # the bot raised the score
-    with open(csv_path, newline="") as f:
-        raw = list(csv.DictReader(f))
-    assert len(raw) == 10  # every raw answer stays in the CSV, with the flag
+    # The scores with the flagged in and out, side by side, whatever is left out of the main table.
+    assert in_and_out.equals(in_and_out_again)
+    for col, source in (("Everyone", rows), ("Flagged left out", mine[human.stored_id])):
+        weighted = (in_and_out[col] * in_and_out[col.replace("Everyone", "Decisions (everyone)").replace(
+            "Flagged left out", "Decisions (flagged left out)")]).sum()
+        assert weighted / len(source) == pytest.approx(fooling(source), abs=1e-3)
+    raw = list(csv.DictReader(io.StringIO(csv_text)))
+    assert len(raw) == 10  # every raw answer stays in the CSV, with the flags
     assert {r["participant_id"]: r["flagged_fast"] for r in raw} == {human.stored_id: "0", bot.stored_id: "1"}
+    assert {r["participant_id"]: r["flags"] for r in raw} == {human.stored_id: "", bot.stored_id: "fast"}
 
 
 def test_made_up_forwarded_addresses_do_not_start_more_participants(available, tmp_path, monkeypatch):
@@ -400,3 +464,148 @@ def test_made_up_forwarded_addresses_do_not_start_more_participants(available, t
     assert all("Too many new participants" in n["study-notice"]["value"] for n in notices[2:])
     assert len({r.participant_id for r in StudyStore(settings.database).answers(phase=None)}) == 0
     assert StudyStore(settings.database).trials_count() == 2 * settings.photos_per_participant
+
+
+# ------------------------------------------------------------------------------------------------------ sign-in
+
+
+class SignedInPage:
+    """A study page driven over HTTP like a browser: Gradio's sign-in routes (mocked off a Space, as Gradio does
+    for local runs: no call to huggingface.co) set the session cookie, and every study event goes through the
+    queue with it."""
+
+    def __init__(self, demo: gr.Blocks, userinfo: dict | None, account: dict | None = None):
+        self.url, self.demo = demo.local_url, demo
+        self.index = {}
+        for i, f in demo.fns.items():
+            self.index.setdefault(f.name, i)
+        self.answers = {f.inputs[0].value: i for i, f in demo.fns.items() if f.name == "answer"}
+        self.headers = {}
+        if account is not None:
+            userinfo.clear()
+            userinfo.update(account)
+            with httpx.Client(base_url=self.url, timeout=30) as http:
+                login = http.get("/login/huggingface")
+                assert login.status_code in (302, 307), login
+                callback = http.get(login.headers["location"])
+                assert callback.status_code in (302, 307), callback
+                # The cookie is marked Secure (a Space is served over https); this test server is plain http.
+                self.headers = {"cookie": f"session={callback.cookies['session']}"}
+        self.session = secrets.token_hex(8)
+        self.stored_id = self.trial_id = None
+        self.token = self._call("open_session", [])[0]
+
+    def _call(self, name, data, index=None):
+        reply = _queue_call(self.url, self.index[name] if index is None else index, data, self.session, self.headers)
+        assert reply["success"], reply
+        return reply["output"]["data"]
+
+    def _screen(self, data) -> dict:
+        outputs = self.demo.fns[self.index["start"]].outputs
+        out = {}
+        for component, value in zip(outputs, data):
+            if isinstance(component, gr.BrowserState):
+                if isinstance(value, str):
+                    self.stored_id = value
+            elif component.elem_id:
+                out[component.elem_id] = value
+        if "study-trial" in out:
+            self.trial_id = _value(out["study-trial"])
+        return out
+
+    def start(self) -> dict:
+        return self._screen(self._call("start", [self.stored_id, self.token]))
+
+    def answer(self, label: str) -> dict:
+        return self._screen(self._call("answer", [label, self.stored_id, self.trial_id, self.token],
+                                       self.answers[label]))
+
+    def next_pair(self) -> dict:
+        return self._screen(self._call("next_pair", [self.stored_id, self.token]))
+
+
+def _notice(out: dict) -> str:
+    return (_value(out.get("study-notice")) or "") if isinstance(out.get("study-notice"), (dict, str)) else ""
+
+
+@pytest.fixture
+def mocked_hub_sign_in(monkeypatch):
+    """Gradio's local OAuth mock, with a profile of the test's choosing instead of the machine's Hub login."""
+    from gradio import oauth
+    userinfo: dict = {}
+    monkeypatch.setattr(oauth, "_get_mocked_oauth_info", lambda: {
+        "access_token": "mock-oauth-token", "token_type": "bearer", "expires_in": 3600, "id_token": "x",
+        "scope": "openid profile", "expires_at": int(time.time()) + 3600, "userinfo": userinfo})
+    return userinfo
+
+
+def _account(name: str, sub: str) -> dict:
+    return {"sub": sub, "name": name.title(), "preferred_username": name, "profile": f"https://huggingface.co/{name}",
+            "picture": "", "website": "", "aud": "x", "auth_time": 0}
+
+
+def test_signed_in_accounts_take_part_once(available, tmp_path, mocked_hub_sign_in, monkeypatch):
+    """With sign-in on: no study without signing in; an account that comes back (another browser, another
+    session, its old participant id forgotten) continues its one participation and, once done, starts nothing
+    new; the account, not a typed name, is stored with the answers; the organiser sees the accounts and can leave
+    one out."""
+    monkeypatch.setattr(study_app, "WRONG_PASSWORD_DELAY_S", 0)
+    settings = small_settings(tmp_path, photos=5, models=MODELS, sign_in=True, admin_password="organiser-pw")
+    demo, tabs = build(available, settings)
+    assert any(isinstance(block, gr.LoginButton) for block in demo.blocks.values())
+    demo.launch(prevent_thread_lock=True, quiet=True)
+    try:
+        anonymous = SignedInPage(demo, mocked_hub_sign_in)
+        out = anonymous.start()
+        assert "sign in with your Hugging Face account" in _notice(out) and anonymous.stored_id is None
+        assert StudyStore(settings.database).trials_count() == 0
+
+        ada = SignedInPage(demo, mocked_hub_sign_in, _account("ada", "1001"))
+        out = ada.start()
+        assert _value(out["study-progress"]).startswith("Practice round")
+        ada.answer("Left, I'm sure")
+        out = ada.next_pair()
+        ada.answer("Right, I'm not sure")
+        first_id = ada.stored_id
+
+        again = SignedInPage(demo, mocked_hub_sign_in, _account("ada", "1001"))  # another browser, same account
+        out = again.start()
+        assert again.stored_id == first_id and "answered 2 of 5" in _notice(out)
+        for _ in range(10):
+            if _visible(out.get("study-done")):
+                break
+            out = again.next_pair() if out.get("study-feedback") else again.answer("Left, I'm not sure")
+        assert _visible(out.get("study-done"))
+        third = SignedInPage(demo, mocked_hub_sign_in, _account("ada", "1001"))
+        assert _visible(third.start().get("study-done")) and third.stored_id == first_id  # a second go: nothing new
+
+        bob = SignedInPage(demo, mocked_hub_sign_in, _account("bob", "2002"))
+        bob.stored_id = first_id  # a page that sends ada's participant id is still bob's own participation
+        out = bob.start()
+        assert bob.stored_id != first_id and "answered" not in _notice(out)
+        bob.answer("Right, I'm sure")
+        bob.next_pair()
+        bob.answer("Left, I'm not sure")  # bob's first scored answer
+    finally:
+        demo.close()
+    store = StudyStore(settings.database)
+    rows = store.answers(phase=None)
+    assert {r.participant_id: r.account for r in rows} == {first_id: "ada", bob.stored_id: "bob"}
+    assert len([r for r in rows if r.account == "ada"]) == settings.photos_per_participant
+    assert store.participant_of("hf:1001") == first_id and store.participant_of("hf:2002") == bob.stored_id
+    with sqlite3.connect(settings.database) as con:
+        assert con.execute("SELECT COUNT(*) FROM participants").fetchone()[0] == 2
+    note, _, summary, _, people, _, _, csv_text = show(tabs, "organiser-pw", [], "")
+    assert "sign in with a Hugging Face account and take part once each" in note and "unprotected" not in note
+    assert dict(zip(people["Account"], people["Participant"])) == {"ada": first_id, "bob": bob.stored_id}
+    assert summary["Decisions"].sum() == 5
+    note, _, summary, _, people, _, _, _ = show(tabs, "organiser-pw", [], "bob")
+    assert "1 participant(s) you named" in note and summary["Decisions"].sum() == 4
+    assert dict(zip(people["Account"], people["Left out"])) == {"ada": "no", "bob": "yes"}
+    assert {r["account"] for r in csv.DictReader(io.StringIO(csv_text))} == {"ada", "bob"}
+
+
+def test_a_pilot_without_sign_in_says_its_scores_are_unprotected(launched):
+    demo, tabs, settings = launched
+    assert not any(isinstance(block, gr.LoginButton) for block in demo.blocks.values())
+    assert "A pilot: these scores are unprotected" in show(tabs, "organiser-pw")[0]
