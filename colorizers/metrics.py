@@ -12,6 +12,8 @@ is a single band.
 """
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterator
 
 import torch
@@ -56,6 +58,24 @@ def _bands(height: int, width: int, band_pixels: int) -> Iterator[tuple[int, int
         yield top, min(top + rows, height)
 
 
+def _ssim_tiles(map_height: int, map_width: int, band_pixels: int, margin: int) -> Iterator[tuple[int, int, int, int]]:
+    """(top, bottom, left, right) ranges of SSIM map positions covering the map, each read with ``margin`` more
+    rows and columns of the image. Whole-width bands of about ``band_pixels`` image pixels while a band has at
+    least ``4 * margin`` rows (the margin then adds at most a quarter); on images too wide for that (65,535 x 244:
+    4-row bands that read 14 rows each, 3.5 times the work) square tiles of about ``band_pixels``, whose margins
+    add a few per cent."""
+    rows = band_pixels // (map_width + margin)
+    if rows >= 4 * margin or rows >= map_height:
+        rows = max(1, rows)
+        for top in range(0, map_height, rows):
+            yield top, min(top + rows, map_height), 0, map_width
+        return
+    side = max(4 * margin, math.isqrt(band_pixels) - margin)
+    for top in range(0, map_height, side):
+        for left in range(0, map_width, side):
+            yield top, min(top + side, map_height), left, min(left + side, map_width)
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, band_pixels: int = BAND_PIXELS) -> torch.Tensor:
     """Peak signal-to-noise ratio in dB per image, over all pixels and the three RGB channels.
 
@@ -92,8 +112,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, band_pixels:
     RGB channel separately; the SSIM map is averaged over the positions where the whole window fits the image
     (a 5-pixel border is left out) and over the three channels. This equals scikit-image's
     ``structural_similarity(a, b, channel_axis=-1, data_range=1, gaussian_weights=True, sigma=1.5,
-    use_sample_covariance=False)``. Images must be at least 11 x 11. Bands of map rows read their rows plus the
-    window's 10 rows of margin, so banding changes no value.
+    use_sample_covariance=False)``. Images must be at least 11 x 11. Bands (or tiles, ``_ssim_tiles``) of map
+    positions read their pixels plus the window's 10 rows and columns of margin, so banding changes no value.
     """
     _check_pair(a, b)
     if min(a.shape[-2:]) < SSIM_MIN_SIZE:
@@ -104,10 +124,10 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, band_pixels:
     margin = 2 * SSIM_RADIUS
     height, width = a.shape[-2] - margin, a.shape[-1] - margin  # the SSIM map's size
     total = torch.zeros(a.shape[0], dtype=torch.float64, device=a.device)
-    for top, bottom in _bands(height, a.shape[-1], band_pixels):
+    for top, bottom, left, right in _ssim_tiles(height, width, band_pixels, margin):
         # all three channels in one grouped convolution: three times faster than a channel at a time
-        band_a = _band(a, top, bottom + margin).to(dtype).contiguous()
-        band_b = _band(b, top, bottom + margin).to(dtype).contiguous()
+        band_a = _band(a[..., left:right + margin], top, bottom + margin).to(dtype).contiguous()
+        band_b = _band(b[..., left:right + margin], top, bottom + margin).to(dtype).contiguous()
         stats = _blur_valid(torch.cat([band_a, band_b, band_a * band_a, band_b * band_b, band_a * band_b], dim=1),
                             window)
         mu_a, mu_b, aa, bb, ab = stats.split(3, dim=1)
