@@ -420,11 +420,19 @@ def build_demo(available: dict[str, Colorizer], unavailable: dict[str, str], set
         def show_in_slider(name, files: ComparisonFiles | None):
             if files is None:
                 return gr.skip()  # nothing colorized yet
-            return files.grey, _slider_files(files)[name]
+            shown = _slider_files(files)
+            if not isinstance(name, str) or name not in shown:
+                raise gr.Error(f"There is no result of {str(name)[:40]!r} to slide to. Pick one of the models listed.",
+                               title="Slider", print_exception=False)
+            return files.grey, shown[name]
 
         def sort_table(sort_name, files: ComparisonFiles | None):
             if files is None or files.scores is None:
                 return gr.skip()
+            if not isinstance(sort_name, str) or sort_name not in reference.METRIC_NAMES:
+                raise gr.Error(f"The table cannot be sorted by {str(sort_name)[:40]!r}; pick one of "
+                               f"{', '.join(title for _, title, *_ in reference.METRICS)}.", title="Sort",
+                               print_exception=False)
             return reference.table_markdown(files.scores, titles, sort_name)
 
         def colorize(upload, model: str) -> str:
@@ -435,7 +443,7 @@ def build_demo(available: dict[str, Colorizer], unavailable: dict[str, str], set
                 raise _refuse(f"{colorizers.MODEL_TITLES[model]} is unavailable: {hide_paths(unavailable[model])}")
             path = _upload_path(upload)
             models = _choose([model], available)
-            result = colorize_checked(read_image(path, settings.max_pixels), models).results[model]
+            result = colorize_checked(read_image(path, settings.max_pixels, settings.max_side), models).results[model]
             return save_bytes_to_cache(_png(result.image), f"{_stem(path)}-{model}.png", api_result.GRADIO_CACHE)
 
         run.click(fair(compare, gate, settings.trusted_proxies), [photo, chosen, slider_model, sort_by],

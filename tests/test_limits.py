@@ -397,3 +397,33 @@ def test_queued_photos_of_one_visitor_do_not_hold_up_another(server, tmp_path, m
     time.sleep(0.2)
     assert sorted(finished) == ["A0", "A1", "A2", "A3", "B"]
     assert finished.index("B") <= 2, finished  # after at most A's first two (one running, one in its turn)
+
+
+def _handler(demo: gr.Blocks, name: str):
+    (fn,) = [f for f in demo.fns.values() if f.name == name or f.api_name == name]
+    return fn.fn
+
+
+def test_the_side_limit_holds_on_the_colorize_endpoint_too(app_env, random_weights_root, tmp_path):
+    available, unavailable = colorizers.load_colorizers(["cnn"], source=random_weights_root)
+    demo = app.build_demo(available, unavailable, app.Settings(max_side=100, weights=random_weights_root))
+    (tmp_path / "wide.png").write_bytes(grey_png(101, 20))
+    with pytest.raises(gr.Error, match="its width is over the limit of 100 pixels per side"):
+        _handler(demo, "colorize")({"path": str(tmp_path / "wide.png")}, "cnn", _request("10.0.0.1"))
+    (tmp_path / "ok.png").write_bytes(grey_png(100, 20))
+    assert Image.open(_handler(demo, "colorize")({"path": str(tmp_path / "ok.png")}, "cnn",
+                                                 _request("10.0.0.1"))).size == (100, 20)
+
+
+@pytest.mark.parametrize("handler, value", [("sort_table", None), ("sort_table", "lpips_of_nothing"),
+                                            ("show_in_slider", None), ("show_in_slider", "no-such-model")])
+def test_unknown_choices_get_a_sentence_not_a_bare_error(app_env, random_weights_root, handler, value):
+    available, unavailable = colorizers.load_colorizers(["cnn"], source=random_weights_root)
+    demo = app.build_demo(available, unavailable, app.Settings(weights=random_weights_root))
+    from colorizers import reference
+    score = reference.Score(*(["cnn"] + [1.0] * (len(reference.Score.__dataclass_fields__) - 1)))
+    files = app.ComparisonFiles("grey.png", {"cnn": "cnn.png"}, "all.zip", "original.png", {"cnn": score})
+    with pytest.raises(gr.Error) as err:
+        _handler(demo, handler)(value, files)
+    assert ("cannot be sorted by" in err.value.message or "no result of" in err.value.message), err.value.message
+    assert str(value)[:10] in err.value.message
