@@ -19,6 +19,7 @@ by their /64 network (what one home or host is given), so one client cannot be m
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import inspect
 import ipaddress
@@ -32,6 +33,22 @@ import gradio as gr
 
 MAX_WAITING = 16  # requests waiting in all (each holds one of Gradio's 40 worker threads while it waits)
 PER_CLIENT = 4  # requests waiting per client
+
+
+def release_memory() -> None:
+    """Hand the memory a finished request freed back to the system (glibc keeps freed heap pages for reuse, so a
+    server's resident memory grew to its largest request's and stayed there). Nothing where glibc is absent."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 class Busy(Exception):
@@ -155,7 +172,10 @@ def fair(fn: Callable, queue: FairQueue, trusted_proxies: int | None = None) -> 
         *inputs, request = args
         try:
             with queue.slot(client_key(request, trusted_proxies)):
-                return fn(*inputs)
+                try:
+                    return fn(*inputs)
+                finally:
+                    release_memory()  # before the next request in the queue starts
         except Busy as err:
             raise gr.Error(str(err), title="Busy, try again", print_exception=False) from None
 

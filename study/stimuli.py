@@ -33,6 +33,10 @@ def grey_version(photo: Image.Image) -> Image.Image:
     return tensor_to_image(gray_to_rgb_from_l(rgb_to_l(image_to_tensor(photo))))
 
 
+#: The longest side a study photo is shown (and recoloured) at: a pair is shown at most a screen wide, and a
+#: camera-sized photo (13 MP) at full size cost about 780 MB per pair being built.
+DISPLAY_SIDE = 1024
+
 #: Pixels between the two sides of a composed pair (a neutral grey gap), and the most cropped off each edge.
 PAIR_GAP = 16
 MAX_CROP = 7
@@ -104,12 +108,17 @@ class Stimuli:
         self._locks_lock = threading.Lock()
 
     def photo(self, name: str) -> Image.Image:
+        """The photo as shown: upright, 8-bit RGB, its longer side at most ``DISPLAY_SIDE`` (JPEGs are decoded at
+        a reduced scale straight away, so a camera photo is never held at full size)."""
         with Image.open(self.photos[name]) as image:
-            return (ImageOps.exif_transpose(image) or image).convert("RGB")
+            image.draft("RGB", (DISPLAY_SIDE, DISPLAY_SIDE))  # JPEG: decode at 1/2, 1/4 or 1/8 where that suffices
+            image = (ImageOps.exif_transpose(image) or image).convert("RGB")
+        image.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.LANCZOS)
+        return image
 
     def _cache_path(self, model: str, name: str) -> Path:
         photo_hash = hashlib.sha256(self.photos[name].read_bytes()).hexdigest()[:16]
-        return self.cache_dir / model / self.weights[model] / f"{Path(name).stem}-{photo_hash}.png"
+        return self.cache_dir / model / self.weights[model] / f"{Path(name).stem}-{photo_hash}-{DISPLAY_SIDE}.png"
 
     def recolouring(self, model: str, name: str) -> Image.Image:
         path = self._cache_path(model, name)

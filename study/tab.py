@@ -59,6 +59,7 @@ NO_SESSION = ("This page has no valid study session (it may be very old, or the 
               "study page). Please reload the page to take part.")
 UNKNOWN_ANSWER = "That is not one of the four answers. Please click one of the four buttons under the pair."
 SERVE_PREFIX = "study-"
+STUDY_EVENTS_AT_ONCE = 4  # study events (each may build a pair) that run at once
 BOOTSTRAP_SEED = 0  # the intervals are reproducible; nothing about the plan depends on it
 
 
@@ -282,11 +283,14 @@ def _participant_tab(study: Study) -> dict[str, Callable]:
         return render(study.resume(participant_id, account_of(profile)))
 
     private = dict(api_visibility="private", concurrency_limit=None)
+    # Pair-building events run at most STUDY_EVENTS_AT_ONCE at a time; the rest wait in Gradio's queue, so many
+    # participants at once cost memory for that many pairs, not for all of theirs.
+    pairs = dict(api_visibility="private", concurrency_limit=STUDY_EVENTS_AT_ONCE, concurrency_id="study-pairs")
     Context.root_block.load(open_session, None, [session, start_button], **private)
-    start_button.click(start, [participant, session], outputs, **private)
+    start_button.click(start, [participant, session], outputs, **pairs)
     for button in answer_buttons:
-        button.click(answer, [button, participant, trial, session], outputs, **private)
-    next_button.click(next_pair, [participant, session], outputs, **private)
+        button.click(answer, [button, participant, trial, session], outputs, **pairs)
+    next_button.click(next_pair, [participant, session], outputs, **pairs)
     return {"open_session": open_session, "start": start, "answer": answer, "next_pair": next_pair}
 
 

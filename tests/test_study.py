@@ -658,3 +658,18 @@ def test_a_recolouring_in_progress_does_not_hold_up_other_pairs(tmp_path, availa
     for t in same:
         t.join()
     assert SlowFirst.calls == 2  # each pair computed once
+
+
+def test_photos_are_shown_and_recoloured_at_display_size_in_8_bit(tmp_path, available):
+    """A camera-sized photo is held at most DISPLAY_SIDE on its longer side, in 8-bit RGB, for the pair and its
+    recolouring alike (full size, in 16-bit, a 13 MP pair cost about 780 MB)."""
+    from study.stimuli import DISPLAY_SIDE
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    random_photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (2000, 3000, 3), dtype=np.uint8))
+    random_photo.save(folder / "camera.jpg", quality=90)
+    stimuli = Stimuli(folder, {"cnn_classifier": available["cnn_classifier"]}, tmp_path / "cache")
+    shown = stimuli.photo("camera.jpg")
+    assert shown.mode == "RGB" and max(shown.size) == DISPLAY_SIDE and shown.size == (1024, 683)
+    recoloured = stimuli.recolouring("cnn_classifier", "camera.jpg")
+    assert recoloured.mode == "RGB" and recoloured.size == shown.size
