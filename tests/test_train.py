@@ -429,6 +429,7 @@ def clock_of_steps(monkeypatch):
 
     monkeypatch.setattr(engine.Trainer, "step", counted_step)
     monkeypatch.setattr(engine.time, "monotonic", lambda: 10.0 * steps["n"])
+    monkeypatch.setattr(engine.time, "process_time", lambda: 10.0 * steps["n"])  # the CPU-time budget's clock
     return steps
 
 
@@ -452,19 +453,9 @@ def test_a_run_stopped_by_its_time_budget_is_loadable_and_resumes_to_the_same_we
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"resumed run differs in {key}")
 
 
-def test_a_cpu_time_budget_stops_a_run_as_a_wall_clock_budget_does(mini_set, tmp_path, monkeypatch, capsys):
+def test_a_cpu_time_budget_stops_a_run_as_a_wall_clock_budget_does(mini_set, tmp_path, clock_of_steps, capsys):
     """``--cpu-minutes``: the process's CPU time (10 s per step here) ends the run after a known step, with a
     checkpoint, a loadable export and a history line; runs sharing the cores get equal work this way."""
-    from train import engine
-    steps = {"n": 0}
-    step = engine.Trainer.step
-
-    def counted_step(self, *args):
-        steps["n"] += 1
-        return step(self, *args)
-
-    monkeypatch.setattr(engine.Trainer, "step", counted_step)
-    monkeypatch.setattr(engine.time, "process_time", lambda: 10.0 * steps["n"])
     boxed = train(small_run("cnn", [str(mini_set / "folder")], tmp_path, steps=6, cpu_minutes=0.5))
     report = capsys.readouterr()
     assert "stopped by the 0.5 CPU-minute budget (--resume continues) at step 3/6" in report.out + report.err
