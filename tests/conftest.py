@@ -7,6 +7,17 @@ from PIL import Image
 from tests.helpers import write_random_weights
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """The training tests' tensors are tiny: one intra-op thread is as fast, and much faster on a shared, busy CPU
+    where OpenMP threads wait on each other. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def random_weights_root(tmp_path_factory) -> str:
     return write_random_weights(tmp_path_factory.mktemp("weights"))

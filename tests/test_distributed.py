@@ -49,16 +49,9 @@ LR = 1e-3
 GAN_STOP, CNN_STOP, FROZEN = 3, 1, 2  # rank 1's SIGTERM after these steps; the CNN's encoder frozen for 2 steps
 EVAL_IMAGES, EXAMPLES = 4, 3  # 2 images per rank; the example grid spans both shards
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available() and TORCHRUN.exists()),
-                                reason="needs torch.distributed with gloo and torchrun")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available() and TORCHRUN.exists()),
+                                 reason="needs torch.distributed with gloo and torchrun")]
 
 
 @pytest.fixture(scope="module")

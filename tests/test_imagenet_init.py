@@ -28,12 +28,7 @@ from train.imagenet_init import (IMAGENET_MEAN, IMAGENET_STD, calibration_l_norm
                                  load_imagenet_resnet18)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

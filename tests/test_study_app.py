@@ -35,6 +35,22 @@ def available(random_weights_root):
     return load_models(random_weights_root)
 
 
+def read_outputs(page, outputs, data) -> dict:
+    """A study event's reply as the page sees it: the BrowserState value kept as the browser's localStorage would
+    (a non-string value is skipped: the browser keeps what it stored), the hidden trial id as the page would, and the
+    other outputs by elem_id."""
+    out = {}
+    for component, value in zip(outputs, data):
+        if isinstance(component, gr.BrowserState):
+            if isinstance(value, str):
+                page.stored_id = value
+        elif component.elem_id:
+            out[component.elem_id] = value
+    if "study-trial" in out:
+        page.trial_id = _value(out["study-trial"])
+    return out
+
+
 class Browser:
     """One participant's browser tab: sends the study's events through ``demo.process_api`` with its own session
     state, keeps the BrowserState value as the browser's localStorage would and the page's hidden trial id as the
@@ -57,16 +73,7 @@ class Browser:
     def _send(self, fn, inputs) -> dict:
         result = asyncio.run(self.demo.process_api(fn, inputs, state=self.session, request=self.request))
         self.payloads.append(json.dumps(result["data"]))
-        out = {}
-        for component, value in zip(fn.outputs, result["data"]):
-            if isinstance(component, gr.BrowserState):
-                if isinstance(value, str):  # otherwise skipped: the browser keeps what it stored
-                    self.stored_id = value
-            elif component.elem_id:
-                out[component.elem_id] = value
-        if "study-trial" in out:
-            self.trial_id = _value(out["study-trial"])
-        return out
+        return read_outputs(self, fn.outputs, result["data"])
 
     def start(self) -> dict:
         return self._send(self._fn("start"), [self.stored_id, self.token])
@@ -502,16 +509,7 @@ class SignedInPage:
 
     def _screen(self, data) -> dict:
         outputs = self.demo.fns[self.index["start"]].outputs
-        out = {}
-        for component, value in zip(outputs, data):
-            if isinstance(component, gr.BrowserState):
-                if isinstance(value, str):
-                    self.stored_id = value
-            elif component.elem_id:
-                out[component.elem_id] = value
-        if "study-trial" in out:
-            self.trial_id = _value(out["study-trial"])
-        return out
+        return read_outputs(self, outputs, data)
 
     def start(self) -> dict:
         return self._screen(self._call("start", [self.stored_id, self.token]))

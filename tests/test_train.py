@@ -34,14 +34,7 @@ OVERFIT_STEPS = 16
 PRETRAIN_STEPS = 8  # pretrain_share 0.5 below
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tensors here are tiny: one intra-op thread is as fast, and much faster on a shared, busy CPU where
-    OpenMP threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
