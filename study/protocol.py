@@ -10,6 +10,7 @@ of ``study.store.StudyStore`` and ``study.stimuli``. ``study.tab`` puts it in th
 from __future__ import annotations
 
 import atexit
+import heapq
 import os
 import random
 import secrets
@@ -200,7 +201,9 @@ def assign_trials(photos: Sequence[str], models: Sequence[str], settings: StudyS
     ``batches`` x ``pairs_per_batch`` scored pairs. Pure and seeded by ``settings.seed`` (``plan_seed``) and the
     number.
 
-    No photo appears twice, and practice photos are never scored. Each participant sees every model
+    No photo appears twice, and practice photos are never scored. The scored photos are ``scored_photos``: with
+    a pool large enough, consecutive participants get disjoint sets (a program comparing sessions finds no photo
+    twice), and over many participants every photo is shown equally often. Each participant sees every model
     ``scored_pairs // len(models)`` or one more times; which models get the extra pairs rotates with the
     participant number, so over consecutive participants every model is shown equally often. The models come in
     shuffled rounds (every model once per round), which spreads them over the batches. Half the recolourings are
@@ -224,9 +227,61 @@ def assign_trials(photos: Sequence[str], models: Sequence[str], settings: StudyS
     sides = [SIDES[i % 2] for i in range(settings.scored_pairs)]
     rng.shuffle(sides)
     trials = [TrialSpec("practice", 0, photo, rng.choice(models), rng.choice(SIDES)) for photo in practice]
-    for i, (photo, model, side) in enumerate(zip(rng.sample(scored_pool, settings.scored_pairs), sequence, sides)):
+    photos_in_order = scored_photos(scored_pool, settings.scored_pairs, settings.seed, participant_number)
+    rng.shuffle(photos_in_order)
+    for i, (photo, model, side) in enumerate(zip(photos_in_order, sequence, sides)):
         trials.append(TrialSpec("scored", i // settings.pairs_per_batch + 1, photo, model, side))
     return trials
+
+
+def scored_photos(pool: Sequence[str], count: int, seed: object, participant_number: int) -> list[str]:
+    """The ``count`` scored photos of the ``participant_number``-th participant (0-based): positions
+    ``n * count`` to ``n * count + count - 1`` of ``photo_stream``.
+
+    So the ``len(pool) // count`` consecutive participants of one pass over the pool get disjoint sets, a photo
+    comes back only on the next pass, and over any run of participants from the first every photo has been shown
+    equally often, give or take one."""
+    passes = photo_stream(pool, count, seed, (participant_number + 1) * count // max(len(pool), 1) + 1)
+    flat = participant_number * count
+    return [passes[(flat + i) // len(pool)][(flat + i) % len(pool)] for i in range(count)]
+
+
+_STREAMS: dict[tuple, list[list[str]]] = {}
+_STREAMS_LOCK = threading.Lock()
+
+
+def photo_stream(pool: Sequence[str], window: int, seed: object, passes: int) -> list[list[str]]:
+    """The first ``passes`` passes of the study's photo stream: each pass is the whole ``pool`` in a seeded
+    shuffle, adjusted so that no photo comes twice within ``window`` consecutive positions of the stream (the
+    next pass delays a photo the last pass showed near its end, keeping the shuffle's order otherwise).
+
+    Pass ``k`` depends on pass ``k - 1``, so passes are computed once per pool and kept."""
+    pool = sorted(pool)
+    if window > len(pool):
+        raise StudySetupError(f"{window} photos per participant asked of a pool of {len(pool)}")
+    key = (tuple(pool), window, str(seed))
+    with _STREAMS_LOCK:
+        stream = _STREAMS.setdefault(key, [])
+        while len(stream) < passes:
+            shuffled = random.Random(f"photos/{seed}/{len(stream)}").sample(pool, len(pool))
+            if not stream:
+                stream.append(shuffled)
+                continue
+            # A photo at position j of the last pass may come at position i of this one only when the two are a
+            # window apart: (len - j) + i >= window. Fill positions in order with the earliest photo of the
+            # shuffle that is allowed there (always one: by position i, len - window + i + 1 photos are).
+            last = {photo: j for j, photo in enumerate(stream[-1])}
+            rank = {photo: r for r, photo in enumerate(shuffled)}
+            release = sorted(shuffled, key=lambda x: max(0, window - len(pool) + last[x]))
+            ready: list[tuple[int, str]] = []
+            ordered, k = [], 0
+            for i in range(len(pool)):
+                while k < len(release) and max(0, window - len(pool) + last[release[k]]) <= i:
+                    heapq.heappush(ready, (rank[release[k]], release[k]))
+                    k += 1
+                ordered.append(heapq.heappop(ready)[1])
+            stream.append(ordered)
+        return stream[:passes]
 
 
 def _check_seed(settings: StudySettings) -> None:

@@ -86,10 +86,12 @@ def save_blind_pair(left: Image.Image, right: Image.Image, folder: Path, quality
 
 def lower_thread_priority(niceness: int = 10) -> None:
     """Make the calling thread (and the threads it starts, e.g. torch's) yield the CPU to the app's other threads.
-    Linux keeps a nice value per thread; elsewhere ``setpriority`` would lower the whole process, so it is left."""
+    Linux keeps a nice value per thread; elsewhere ``setpriority`` would lower the whole process, so it is left.
+    ``niceness`` is added to the thread's own (a server started under ``nice`` stays lower still, never raised)."""
     if sys.platform.startswith("linux"):
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+            thread = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, thread, min(os.getpriority(os.PRIO_PROCESS, thread) + niceness, 19))
         except OSError:  # e.g. not permitted in a sandbox: run at normal priority
             pass
 

@@ -142,6 +142,34 @@ def test_assignment_is_balanced_and_never_repeats_a_photo(models):
     assert len(set(totals.values())) == 1  # over whole rotations every model is shown equally often
 
 
+def test_participants_get_disjoint_photo_sets_from_a_large_pool():
+    # A program comparing sessions finds the real side repeat only where photos do: with 102 photos (2 practice,
+    # 100 scored, 20 per participant) the five participants of each pass share none, and every photo is shown
+    # equally often over whole passes.
+    photos = [f"p{i:03d}.jpg" for i in range(102)]
+    settings = StudySettings(seed=3)
+    scored = [{t.photo for t in assign_trials(photos, ["cnn", "paracolorizer"], settings, n) if t.phase == "scored"}
+              for n in range(10)]
+    for first in (0, 5):
+        one_pass = scored[first:first + 5]
+        assert all(len(s) == 20 for s in one_pass)
+        assert len(set().union(*one_pass)) == 100  # disjoint
+    usage = Counter(photo for s in scored for photo in s)
+    assert set(usage.values()) == {2}
+    assert scored[0] != scored[5]  # each pass is its own shuffle
+
+
+def test_photo_blocks_that_span_two_passes_still_never_repeat_a_photo():
+    photos = [f"p{i:02d}.jpg" for i in range(30)]  # 28 scored: every block straddles a pass sooner or later
+    settings = StudySettings(seed=0)
+    usage = Counter()
+    for n in range(28):
+        trials = assign_trials(photos, ["cnn"], settings, n)
+        assert len({t.photo for t in trials}) == len(trials) == 22
+        usage.update(t.photo for t in trials if t.phase == "scored")
+    assert max(usage.values()) - min(usage.values()) <= 1  # 28 x 20 = 560 = 20 passes of 28
+
+
 def test_assignment_is_seeded_and_pure():
     settings = StudySettings(seed=0)
     assert assign_trials(PHOTOS, ["cnn", "paracolorizer"], settings, 3) == \
