@@ -23,12 +23,14 @@ from pathlib import Path
 
 import gradio as gr
 import torch
+from gradio.exceptions import InvalidPathError
 from gradio.processing_utils import hash_bytes, hash_file
 from PIL import Image, UnidentifiedImageError
 
 import colorizers
 from colorizers import Colorizer, reference
 from colorizers.compare import Comparison, colorize_models
+from colorizers.imagefile import open_image
 from colorizers.png import encode_png
 from colorizers.weights import describe_source
 from fairqueue import FairQueue, fair, trusted_proxies_from_env
@@ -133,7 +135,7 @@ def read_image(path: str | os.PathLike | None, max_pixels: int, max_side: int = 
         with warnings.catch_warnings():
             # PIL warns above MAX_IMAGE_PIXELS and refuses twice that; both mean "too large" here.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = open_image(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _refuse(f"{name} is far too large: {limit}") from None
     except UnidentifiedImageError:
@@ -342,6 +344,20 @@ def _examples() -> tuple[list[list[str]], list[str]]:
     return [[str(p)] for p in paths], labels
 
 
+class AppBlocks(gr.Blocks):
+    """``gr.Blocks`` whose refusal of a file reference reads as a sentence. An API client can send a path on the
+    server, or a file it never uploaded, where a photo belongs; Gradio refuses it (``InvalidPathError``) before
+    any handler runs, and its message reaches the client as a bare "Error". Here it says what to do instead,
+    without the path."""
+
+    async def preprocess_data(self, *args, **kwargs):
+        try:
+            return await super().preprocess_data(*args, **kwargs)
+        except InvalidPathError:
+            raise _refuse("The photo must be uploaded with the request (gradio_client: `handle_file(path)`); "
+                          "files already on the server cannot be named.") from None
+
+
 def build_demo(available: dict[str, Colorizer], unavailable: dict[str, str], settings: Settings | None = None) -> gr.Blocks:
     """The app, for the models given (``colorizers.load_colorizers``' two dicts), queued with the settings'
     concurrency limit. ``python app.py`` launches it; tests build it with their own models."""
@@ -350,7 +366,7 @@ def build_demo(available: dict[str, Colorizer], unavailable: dict[str, str], set
     titles = {name: colorizers.MODEL_TITLES[name] for name in available}
     first = next(iter(available), None)
 
-    with gr.Blocks(title="Colorize black-and-white photos: six models side by side", delete_cache=(3600, 3600)) as demo:
+    with AppBlocks(title="Colorize black-and-white photos: six models side by side", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# Colorize a black-and-white photo\n"
             "Upload a photo and compare what six colorization models make of it. Every model keeps your photo's "

@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import MODEL_NAMES, PRECISION_ENV, PRECISIONS, load_colorizers, reference, resolve_precision
 from .compare import colorize_models
+from .imagefile import open_image
 from .pipeline import IMAGE_EXTENSIONS
 from .weights import WEIGHTS_ENV, describe_source
 
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     grey: list[Path] = []
     for source, relative in images.items():
         try:
-            with Image.open(source) as image:
+            with open_image(source) as image:
                 image.load()
                 original = reference.colour_original(image) if args.reference else None
                 # one comparison: L computed once, ParaColorizer's generators shared with fg/bg

@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageOps
 
 from colorizers.color import gray_to_rgb_from_l, rgb_to_l
+from colorizers.imagefile import open_image
 from colorizers.pipeline import IMAGE_EXTENSIONS, Colorizer, image_to_tensor, tensor_to_image
 
 def weights_identity(colorizer: Colorizer) -> str:
@@ -112,7 +113,7 @@ class Stimuli:
     def photo(self, name: str) -> Image.Image:
         """The photo as shown: upright, 8-bit RGB, its longer side at most ``DISPLAY_SIDE`` (JPEGs are decoded at
         a reduced scale straight away, so a camera photo is never held at full size)."""
-        with Image.open(self.photos[name]) as image:
+        with open_image(self.photos[name]) as image:
             image.draft("RGB", (DISPLAY_SIDE, DISPLAY_SIDE))  # JPEG: decode at 1/2, 1/4 or 1/8 where that suffices
             image = (ImageOps.exif_transpose(image) or image).convert("RGB")
         image.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.LANCZOS)

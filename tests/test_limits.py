@@ -427,3 +427,32 @@ def test_unknown_choices_get_a_sentence_not_a_bare_error(app_env, random_weights
         _handler(demo, handler)(value, files)
     assert ("cannot be sorted by" in err.value.message or "no result of" in err.value.message), err.value.message
     assert str(value)[:10] in err.value.message
+
+
+def test_a_path_on_the_server_gets_a_sentence_not_a_bare_error(server, tmp_path):
+    # A client naming a file instead of uploading it (gradio_client would upload a local file, so the request is
+    # made by hand): Gradio refuses the path before any handler runs.
+    import httpx
+    demo, _ = server
+    secret = tmp_path / "not-uploaded.png"
+    secret.write_bytes(grey_png(64, 48))
+    for path in (str(secret), "/etc/hostname"):
+        file = {"path": path, "meta": {"_type": "gradio.FileData"}}
+        with httpx.Client(base_url=demo.local_url.rstrip("/") + "/gradio_api", timeout=30) as http:
+            event = http.post("/call/colorize", json={"data": [file, "cnn"]}).json()["event_id"]
+            stream = http.get(f"/call/colorize/{event}").text
+        assert "event: error" in stream, stream
+        assert "must be uploaded with the request" in stream, stream
+        assert str(tmp_path) not in stream and "/etc" not in stream
+
+
+def test_a_ycbcr_tiff_is_read_not_called_damaged(tmp_path):
+    # TIFF 6.0 section 21: YCbCr, uncompressed. Pillow's raw decoder stops on it with "truncated".
+    original = random_image(48, 64)
+    original.convert("YCbCr").save(tmp_path / "scan.tif", "TIFF")
+    image = app.read_image(tmp_path / "scan.tif", 16_000_000)
+    assert image.mode == "RGB" and image.size == (64, 48)
+    import numpy as np
+    assert np.abs(np.asarray(image, dtype=np.int16) - np.asarray(original, dtype=np.int16)).mean() < 2
+    original.convert("YCbCr").save(tmp_path / "scan-lzw.tif", "TIFF", compression="tiff_lzw")  # libtiff's own path
+    assert app.read_image(tmp_path / "scan-lzw.tif", 16_000_000).size == (64, 48)
