@@ -227,15 +227,18 @@ def save_comparison(comparison: Comparison, stem: str, cache_dir: str,
     mode (``scores`` and the ``original`` given) the original is saved too (shown, not zipped: the visitor has it)
     and the zip holds ``metrics.csv``."""
     images = {"grey-input": comparison.grey, **{name: result.image for name, result in comparison.results.items()}}
+    names = {key: f"{stem}-{key}.png" for key in images}
+
+    def save(key: str) -> str:  # each PNG goes to disk as soon as it is encoded: at most one per thread in memory
+        return save_bytes_to_cache(_png(images[key]), names[key], cache_dir)
+
     with ThreadPoolExecutor(max_workers=min(len(images), torch.get_num_threads())) as pool:  # zlib frees the GIL
-        pngs = dict(zip(images, pool.map(_png, images.values())))
-    names = {key: f"{stem}-{key}.png" for key in pngs}
-    paths = {key: save_bytes_to_cache(data, names[key], cache_dir) for key, data in pngs.items()}
+        paths = dict(zip(images, pool.map(save, images)))
     zip_name = f"{stem}-colorized.zip"
-    archive = _temporary_path(cache_dir, zip_name)  # straight to disk: no in-memory copy of every PNG at 16 MP
+    archive = _temporary_path(cache_dir, zip_name)  # straight to disk, each PNG copied from its file
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:  # PNGs are compressed already
-        for key, data in pngs.items():
-            zf.writestr(names[key], data)
+        for key, path in paths.items():
+            zf.write(path, names[key])
         if scores is not None:
             zf.writestr("metrics.csv", reference.csv_text([(stem, s) for s in scores.values()], with_means=False))
     zip_path = _place_in_cache(archive, zip_name, cache_dir)

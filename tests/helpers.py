@@ -6,8 +6,11 @@ end, but no test presents their output as a model's result."""
 from __future__ import annotations
 
 import os
+import json
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,8 @@ from PIL import Image
 
 import colorizers
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"  # screenshots of the browser tests (git-ignored)
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"  # screenshots of the browser tests (git-ignored)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
@@ -76,3 +80,23 @@ def wait_for_model_results(page, names, timeout_ms: int, screenshot: str) -> Non
         assert result.get_by_text(colorizers.MODEL_TITLES[name]).first.inner_text().endswith(" s")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / screenshot), full_page=True)
+
+
+def camera_photo(h: int, w: int, seed: int = 0) -> Image.Image:
+    """A colour photo-like image (smooth colour ramps and sensor-like noise) of any size: it compresses as a
+    photo does, unlike ``random_image``'s noise."""
+    rng = np.random.default_rng(seed)
+    y = np.linspace(0, 255, h, dtype=np.float32)[:, None]
+    x = np.linspace(0, 255, w, dtype=np.float32)[None, :]
+    rgb = np.stack([np.broadcast_to(y, (h, w)), np.broadcast_to(x, (h, w)), np.broadcast_to((x + y) / 2, (h, w))],
+                   -1) + rng.normal(0, 4, (h, w, 3)).astype(np.float32)
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+
+
+def run_memory_child(mode: str, weights: str, models: str, *args, limit_gb: float = 8) -> dict:
+    """``tests/memory_child.py``'s ``mode`` in a child process under an address-space limit: its JSON result,
+    with the child's peak resident memory in ``peak_mb``."""
+    done = subprocess.run([sys.executable, "-m", "tests.memory_child", "--limit-gb", str(limit_gb), mode, weights,
+                           models, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
