@@ -217,3 +217,21 @@ def test_a_run_with_imagenet_init_trains_and_records_it(weights, photo_folder, t
     # one Adam step at lr 1e-4 moves each weight by about 1e-4: the stem is still ImageNet's (fp16 export)
     difference = (model.encoder.conv1.weight.float() - reference.conv1.weight).abs().max()
     assert difference < 5e-3 * reference.conv1.weight.abs().max()
+
+
+@pytest.mark.parametrize("arm", ["a", "b", "c", "cnn_shipped", "cnn_imagenet"])
+def test_every_encoder_experiment_arm_is_a_valid_training_command(arm, tmp_path):
+    """``python -m train.encoder_experiment``'s arms, first chunk and resumed: the training CLI takes them for the
+    arm's network, the ImageNet arms ask for the ImageNet encoder, and ``cnn_shipped`` starts from the bundled cnn."""
+    from train import encoder_experiment as experiment
+    spec = experiment.ARMS[arm]
+    for resume in (False, True):
+        command = experiment.train_command(arm, tmp_path, "data.csv", 15.0, 128, 1, resume, [])
+        assert command[1:4] == ["-m", "train", spec.network]
+        config = parse_args(command[3:])
+        assert config.network == spec.network and config.resume == resume
+        assert config.encoder_init == ("imagenet" if "imagenet" in arm or arm in "bc" else "none")
+        assert config.cpu_minutes == 15.0 and config.out == str(tmp_path / arm)
+    if arm == "cnn_shipped":
+        assert (experiment.REPO / "assets" / "weights" / "cnn" / "model.safetensors").is_file()
+        assert config.init == str(experiment.REPO / "assets" / "weights")

@@ -19,6 +19,15 @@ Each arm runs in chunks of ``--chunk`` CPU-minutes of its own process (``python 
 ``score`` evaluates every snapshot on the whole val split at 256 x 256 (FID, LPIPS, colourfulness, as
 ``train.evaluate``; the ground truth's Inception features computed once) into ``scores.csv``; ``plot`` draws
 FID and LPIPS against CPU-minutes.
+
+The same question for the DTU report's ``cnn`` (3.1: ResNet-18 through ``layer2``), whose shipped weights are
+already trained: is it cheaper to keep training them, or to start again from ImageNet's conv1-layer2? Both of its
+arms run release 0.5.0's rebalanced L1 (``train.plan.REBALANCED``) at 128 x 128:
+
+- ``cnn_shipped``: today's weights (``assets/weights/cnn``) continued;
+- ``cnn_imagenet``: ImageNet's conv1-layer2 (``--encoder-init imagenet``) and a new head.
+
+``--out`` should hold one network's arms, so that a plot compares like with like.
 """
 from __future__ import annotations
 
@@ -31,7 +40,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-NETWORK = "paracolorizer_bg"
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "colorize256" / "manifest.csv")
 SCORES = "scores.csv"
 
@@ -40,28 +49,39 @@ SCORES = "scores.csv"
 class Arm:
     title: str
     args: tuple[str, ...]
+    network: str = "paracolorizer_bg"
 
+
+#: ``paracolorizer_bg``'s arms run its recipe's pre-training phase only (``--pretrain-share 1``).
+BG_PRETRAIN = ("--pretrain-share", "1")
+#: Release 0.5.0's rebalanced L1 for the CNN baselines (``train.plan.REBALANCED``, repeated here so that this
+#: module stays importable without the plan's evaluation stack).
+CNN_REBALANCED = ("--rebalance-mix", "0.9", "--loss-weight", "l1=0", "--loss-weight", "l1_rebalanced=1")
 
 ARMS = {
-    "a": Arm("width 32, random init", ("--config", "width=32")),
+    "a": Arm("width 32, random init", (*BG_PRETRAIN, "--config", "width=32")),
     "b": Arm("width 64, ImageNet encoder, fine-tuned from the start",
-             ("--config", "width=64", "--encoder-init", "imagenet")),
+             (*BG_PRETRAIN, "--config", "width=64", "--encoder-init", "imagenet")),
     "c": Arm("width 64, ImageNet encoder frozen for 250 steps, then fine-tuned",
-             ("--config", "width=64", "--encoder-init", "imagenet", "--freeze-encoder-steps", "250")),
+             (*BG_PRETRAIN, "--config", "width=64", "--encoder-init", "imagenet", "--freeze-encoder-steps", "250")),
+    "cnn_shipped": Arm("today's cnn weights, continued", ("--init", str(REPO / "assets" / "weights"), *CNN_REBALANCED),
+                       network="cnn"),
+    "cnn_imagenet": Arm("cnn from ImageNet conv1-layer2", ("--encoder-init", "imagenet", *CNN_REBALANCED),
+                        network="cnn"),
 }
 
 
 def train_command(arm: str, out: Path, data: str, chunk: float, size: int, threads: int, resume: bool,
                   extra: list[str]) -> list[str]:
-    """One chunk of an arm: the recipe's pre-training phase only, stopped after ``chunk`` CPU-minutes."""
-    command = [sys.executable, "-m", "train", NETWORK, "--data", data, "--out", str(out / arm), "--size", str(size),
-               "--pretrain-share", "1", "--steps", "1000000", "--threads", str(threads), "--cpu-minutes", str(chunk),
+    """One chunk of an arm, stopped after ``chunk`` CPU-minutes."""
+    command = [sys.executable, "-m", "train", ARMS[arm].network, "--data", data, "--out", str(out / arm),
+               "--size", str(size), "--steps", "1000000", "--threads", str(threads), "--cpu-minutes", str(chunk),
                "--checkpoint-every", "1000000", *ARMS[arm].args, *extra]
     return command + ["--resume"] if resume else command
 
 
 def history(run_dir: Path) -> list[dict]:
-    path = run_dir / NETWORK / "history.jsonl"
+    path = run_dir / ARMS[run_dir.name].network / "history.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
@@ -74,10 +94,11 @@ def run(args: argparse.Namespace) -> None:
         print("$", " ".join(command), flush=True)
         subprocess.run(command, check=True)
         done = history(out / args.arm)
-        target = snapshots / f"{chunk:02d}" / NETWORK
+        network = ARMS[args.arm].network
+        target = snapshots / f"{chunk:02d}" / network
         target.mkdir(parents=True, exist_ok=True)
         for name in ("config.json", "model.safetensors"):
-            shutil.copy2(out / args.arm / NETWORK / name, target / name)
+            shutil.copy2(out / args.arm / network / name, target / name)
         (target.parent / "progress.json").write_text(json.dumps({
             "arm": args.arm, "chunk": chunk, "step": done[-1]["to_step"],
             "images": sum(h["images"] for h in done), "cpu_minutes": round(sum(h["cpu_minutes"] for h in done), 2)}))
@@ -145,12 +166,13 @@ def score(args: argparse.Namespace) -> None:
                 and (d.parent.parent.name, int(d.name)) not in done]
         for snapshot in todo:
             progress = json.loads((snapshot / "progress.json").read_text())
-            model = colorizers.load_colorizer(NETWORK, source=str(snapshot), device="cpu")
+            network = ARMS[progress["arm"]].network
+            model = colorizers.load_colorizer(network, source=str(snapshot), device="cpu")
             evaluation = Evaluation(fid_net, lpips_net, "cpu")
             evaluation.per_image[GROUND_TRUTH].update(truth["per_image"])
             evaluation.features[GROUND_TRUTH] = truth["features"]
             for batch in batches:  # as train.evaluate: the model colours the ground truth's L
-                evaluation.add(NETWORK, model.colorize_l(rgb_to_l(batch)), batch)
+                evaluation.add(network, model.colorize_l(rgb_to_l(batch)), batch)
             result, reference = evaluation.results()[0], evaluation.results()[-1]
             row = {**progress, "fid": round(result.fid, 3), "lpips": round(result.lpips, 4),
                    "colourfulness": round(result.colourfulness, 2),
@@ -170,6 +192,11 @@ def plot(args: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
 
     rows = list(csv.DictReader(open(Path(args.out) / SCORES)))
+    networks = {ARMS[r["arm"]].network for r in rows}
+    if len(networks) != 1:
+        raise SystemExit(f"{args.out} holds arms of {sorted(networks)}: plot one network's arms at a time")
+    network = networks.pop()
+    phase, what = (("rebalanced L1", "the CNN") if network == "cnn" else ("L1 pre-training", "the Res-UNet"))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric, label in ((axes[0], "fid", "FID (val, 699 images, 256²) ↓"), (axes[1], "lpips", "LPIPS ↓")):
         for arm, spec in ARMS.items():
@@ -178,10 +205,10 @@ def plot(args: argparse.Namespace) -> None:
                 ax.plot(*zip(*points), marker="o", label=f"({arm}) {spec.title}")
         if args.grey_fid and metric == "fid":
             ax.axhline(args.grey_fid, color="grey", linestyle="--", label="grey input")
-        ax.set(xlabel="CPU-minutes of training (128², L1 pre-training)", ylabel=label)
+        ax.set(xlabel=f"CPU-minutes of training (128², {phase})", ylabel=label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("paracolorizer_bg: where to start the Res-UNet, at equal CPU time")
+    fig.suptitle(f"{network}: where to start {what}, at equal CPU time")
     fig.tight_layout()
     Path(args.png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.png, dpi=100)
