@@ -40,6 +40,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from train.plan import REBALANCED
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "colorize256" / "manifest.csv")
 SCORES = "scores.csv"
@@ -54,9 +56,6 @@ class Arm:
 
 #: ``paracolorizer_bg``'s arms run its recipe's pre-training phase only (``--pretrain-share 1``).
 BG_PRETRAIN = ("--pretrain-share", "1")
-#: Release 0.5.0's rebalanced L1 for the CNN baselines (``train.plan.REBALANCED``, repeated here so that this
-#: module stays importable without the plan's evaluation stack).
-CNN_REBALANCED = ("--rebalance-mix", "0.9", "--loss-weight", "l1=0", "--loss-weight", "l1_rebalanced=1")
 
 ARMS = {
     "a": Arm("width 32, random init", (*BG_PRETRAIN, "--config", "width=32")),
@@ -64,9 +63,9 @@ ARMS = {
              (*BG_PRETRAIN, "--config", "width=64", "--encoder-init", "imagenet")),
     "c": Arm("width 64, ImageNet encoder frozen for 250 steps, then fine-tuned",
              (*BG_PRETRAIN, "--config", "width=64", "--encoder-init", "imagenet", "--freeze-encoder-steps", "250")),
-    "cnn_shipped": Arm("today's cnn weights, continued", ("--init", str(REPO / "assets" / "weights"), *CNN_REBALANCED),
+    "cnn_shipped": Arm("today's cnn weights, continued", ("--init", str(REPO / "assets" / "weights"), *REBALANCED),
                        network="cnn"),
-    "cnn_imagenet": Arm("cnn from ImageNet conv1-layer2", ("--encoder-init", "imagenet", *CNN_REBALANCED),
+    "cnn_imagenet": Arm("cnn from ImageNet conv1-layer2", ("--encoder-init", "imagenet", *REBALANCED),
                         network="cnn"),
 }
 
