@@ -22,7 +22,8 @@ FID and LPIPS against CPU-minutes.
 
 The same question for the DTU report's ``cnn`` (3.1: ResNet-18 through ``layer2``), whose shipped weights are
 already trained: is it cheaper to keep training them, or to start again from ImageNet's conv1-layer2? Both of its
-arms run release 0.5.0's rebalanced L1 (``train.plan.REBALANCED``) at 128 x 128:
+arms run release 0.5.0's rebalanced L1 (``train.plan.REBALANCED``) at 128 x 128 for four 15-minute chunks, then a
+fifth at 256 x 256 (``run ARM --chunks 5 --size 256``), as the plan finishes the shipped ``cnn``:
 
 - ``cnn_shipped``: today's weights (``assets/weights/cnn``) continued;
 - ``cnn_imagenet``: ImageNet's conv1-layer2 (``--encoder-init imagenet``) and a new head.
@@ -195,7 +196,8 @@ def plot(args: argparse.Namespace) -> None:
     if len(networks) != 1:
         raise SystemExit(f"{args.out} holds arms of {sorted(networks)}: plot one network's arms at a time")
     network = networks.pop()
-    phase, what = (("rebalanced L1", "the CNN") if network == "cnn" else ("L1 pre-training", "the Res-UNet"))
+    phase, what = (("rebalanced L1, 128², from 60 on at 256²", "the CNN") if network == "cnn"
+                   else ("128², L1 pre-training", "the Res-UNet"))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric, label in ((axes[0], "fid", "FID (val, 699 images, 256²) ↓"), (axes[1], "lpips", "LPIPS ↓")):
         for arm, spec in ARMS.items():
@@ -204,7 +206,7 @@ def plot(args: argparse.Namespace) -> None:
                 ax.plot(*zip(*points), marker="o", label=f"({arm}) {spec.title}")
         if args.grey_fid and metric == "fid":
             ax.axhline(args.grey_fid, color="grey", linestyle="--", label="grey input")
-        ax.set(xlabel=f"CPU-minutes of training (128², {phase})", ylabel=label)
+        ax.set(xlabel=f"CPU-minutes of training ({phase})", ylabel=label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{network}: where to start {what}, at equal CPU time")
