@@ -82,8 +82,13 @@ def sequence(args, available) -> dict:
 
 
 def study(args, available) -> dict:
+    with tempfile.TemporaryDirectory(prefix="study-data-", ignore_cleanup_errors=True) as data:
+        return _study(args, available, data)
+
+
+def _study(args, available, data: str) -> dict:
+    """``participants`` threads take the study at once, each answering every trial, its SQLite store in ``data``."""
     from study.protocol import Study, StudySettings
-    data = tempfile.mkdtemp(prefix="study-data-")
     settings = StudySettings(photos_dir=args.photos_dir, data_dir=data, practice_pairs=1, batches=1,
                              pairs_per_batch=2, seed=1, starts_per_hour=1000)
     run = Study(settings, available)
