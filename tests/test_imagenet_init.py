@@ -232,6 +232,8 @@ def test_every_encoder_experiment_arm_is_a_valid_training_command(arm, tmp_path)
         assert config.network == spec.network and config.resume == resume
         assert config.encoder_init == ("imagenet" if "imagenet" in arm or arm in "bc" else "none")
         assert config.cpu_minutes == 15.0 and config.out == str(tmp_path / arm)
+        # the bg arms at their recipe's batch (32), the cnn arms at the plan's (16), as their documented runs were
+        assert config.batch_size == (16 if spec.network == "cnn" else None)
     if arm == "cnn_shipped":
         assert (experiment.REPO / "assets" / "weights" / "cnn" / "model.safetensors").is_file()
         assert config.init == str(experiment.REPO / "assets" / "weights")

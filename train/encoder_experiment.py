@@ -22,8 +22,9 @@ FID and LPIPS against CPU-minutes.
 
 The same question for the DTU report's ``cnn`` (3.1: ResNet-18 through ``layer2``), whose shipped weights are
 already trained: is it cheaper to keep training them, or to start again from ImageNet's conv1-layer2? Both of its
-arms run release 0.5.0's rebalanced L1 (``train.plan.REBALANCED``) at 128 x 128 for four 15-minute chunks, then a
-fifth at 256 x 256 (``run ARM --chunks 5 --size 256``), as the plan finishes the shipped ``cnn``:
+arms run release 0.5.0's rebalanced L1 (``train.plan.REBALANCED``) at the plan's batch of 16, at 128 x 128 for four
+15-minute chunks, then a fifth at 256 x 256 (``run ARM --chunks 5 --size 256``), as the plan finishes the shipped
+``cnn``:
 
 - ``cnn_shipped``: today's weights (``assets/weights/cnn``) continued;
 - ``cnn_imagenet``: ImageNet's conv1-layer2 (``--encoder-init imagenet``) and a new head.
@@ -55,8 +56,10 @@ class Arm:
     network: str = "paracolorizer_bg"
 
 
-#: ``paracolorizer_bg``'s arms run its recipe's pre-training phase only (``--pretrain-share 1``).
+#: ``paracolorizer_bg``'s arms run its recipe's pre-training phase only (``--pretrain-share 1``), at its batch of 32.
 BG_PRETRAIN = ("--pretrain-share", "1")
+#: ``cnn``'s arms run as the plan's stages made the shipped weights: the rebalanced L1, batch 16 (``train.plan.COMMON``).
+CNN_REBALANCED = ("--batch-size", "16", *REBALANCED)
 
 ARMS = {
     "a": Arm("width 32, random init", (*BG_PRETRAIN, "--config", "width=32")),
@@ -64,9 +67,9 @@ ARMS = {
              (*BG_PRETRAIN, "--config", "width=64", "--encoder-init", "imagenet")),
     "c": Arm("width 64, ImageNet encoder frozen for 250 steps, then fine-tuned",
              (*BG_PRETRAIN, "--config", "width=64", "--encoder-init", "imagenet", "--freeze-encoder-steps", "250")),
-    "cnn_shipped": Arm("today's cnn weights, continued", ("--init", str(REPO / "assets" / "weights"), *REBALANCED),
+    "cnn_shipped": Arm("today's cnn weights, continued", ("--init", str(REPO / "assets" / "weights"), *CNN_REBALANCED),
                        network="cnn"),
-    "cnn_imagenet": Arm("cnn from ImageNet conv1-layer2", ("--encoder-init", "imagenet", *REBALANCED),
+    "cnn_imagenet": Arm("cnn from ImageNet conv1-layer2", ("--encoder-init", "imagenet", *CNN_REBALANCED),
                         network="cnn"),
 }
 
