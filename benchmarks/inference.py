@@ -5,6 +5,7 @@ float32 and bf16 (autocast + channels-last, ``colorizers/precision.py``) side by
     python benchmarks/inference.py                       # the bundled weights (or $COLORIZERS_WEIGHTS)
     python benchmarks/inference.py --weights ROOT        # a weights root: folder or Hub repo id[@revision]
     python benchmarks/inference.py --random-weights      # untrained default-width networks, for timing only
+    python benchmarks/inference.py --random-weights --config paracolorizer_bg.width=64   # ... at another width
     python benchmarks/inference.py --precisions fp32     # one precision only (default: fp32 and bf16)
     python benchmarks/inference.py --compile             # also paracolorizer under torch.compile (not the app's)
 
@@ -37,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 import app  # noqa: E402  (the app's own compare request is measured)
 import colorizers  # noqa: E402
 from colorizers.precision import autocast, cpu_has_native_bf16, memory_format, resolve_precision  # noqa: E402
+from benchmarks.random_weights import describe, network_setting, write_timing_weights  # noqa: E402
 
 PAPER_PARACOLORIZER_MS = 24.0  # ParaColorizer section V: test time per image on a GTX 1080
 COMPARE_PHOTO = ROOT / "assets" / "examples" / "boats.jpg"
@@ -67,13 +69,6 @@ def measure(fn: Callable[[], object], device: str, warmup: int, repeats: int) ->
         run()
     times = [run() for _ in range(repeats)]
     return Timing(statistics.median(times), min(times))
-
-
-def write_default_random_weights(root: Path) -> str:
-    torch.manual_seed(0)
-    for name in colorizers.NETWORK_NAMES:
-        colorizers.build_model(name).save_pretrained(root / name)
-    return str(root)
 
 
 def peak_rss_mb() -> float:
@@ -192,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--weights", help="weights root (default: $COLORIZERS_WEIGHTS or the bundled assets/weights)")
     source.add_argument("--random-weights", action="store_true",
                         help="untrained default-width networks in a temporary folder: timing only")
+    parser.add_argument("--config", action="append", type=network_setting, default=[], metavar="NETWORK.KEY=VALUE",
+                        help="with --random-weights: build NETWORK with KEY=VALUE (repeatable), e.g. "
+                             "paracolorizer_bg.width=64")
     parser.add_argument("--threads", type=int, default=app.Settings().threads,
                         help="torch CPU threads (default: the app's, the CPUs this process may use)")
     parser.add_argument("--warmup", type=int, default=2)
@@ -204,15 +202,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"],
                         help="the precisions to measure, side by side (default: both)")
     args = parser.parse_args(argv)
+    if args.config and not args.random_weights:
+        parser.error("--config sets the shape of --random-weights networks; trained weights carry their own config")
 
     settings = app.Settings(threads=args.threads)  # otherwise the app's defaults (CPU)
     torch.set_num_threads(settings.threads)
     app_precision = resolve_precision(None, settings.device)  # what the app's auto (or $COLORIZERS_PRECISION) runs
     precisions = list(dict.fromkeys(args.precisions))
     with tempfile.TemporaryDirectory() as tmp:
-        source = write_default_random_weights(Path(tmp)) if args.random_weights else args.weights
-        weights_note = ("RANDOM default-width weights (untrained): timings only, no quality meaning"
-                        if args.random_weights else f"weights: {colorizers.weights.describe_source(source)}")
+        source = write_timing_weights(Path(tmp), args.config) if args.random_weights else args.weights
+        weights_note = (describe(args.config) if args.random_weights
+                        else f"weights: {colorizers.weights.describe_source(source)}")
         print(f"# Inference benchmark: {weights_note}")
         print(f"# torch {torch.__version__}, {settings.threads} CPU thread(s)"
               + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA device"))

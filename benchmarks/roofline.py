@@ -11,11 +11,13 @@ AMX-BF16's tile units or a GPU's tensor cores.
 
     python benchmarks/roofline.py                  # 2 torch threads, the bundled weights' networks
     python benchmarks/roofline.py --threads 1 --repeats 20
+    python benchmarks/roofline.py --random-weights --config paracolorizer_bg.width=64   # a width not trained yet
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -29,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import colorizers  # noqa: E402
 from colorizers.precision import cpu_has_native_bf16  # noqa: E402
+from benchmarks.random_weights import describe, network_setting, write_timing_weights  # noqa: E402
 
 #: 3x3 convolutions of the widths and sizes the Res-UNets, the Attention U-Net and DenseFuse are made of at 256x256
 #: (channels in = out, side of the feature map), batch 1 as in the app.
@@ -75,17 +78,33 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2, the app's here)")
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--weights", help="weights root whose networks are counted (default: $COLORIZERS_WEIGHTS "
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--weights", help="weights root whose networks are counted (default: $COLORIZERS_WEIGHTS "
                                           "or the bundled assets/weights)")
+    source.add_argument("--random-weights", action="store_true",
+                        help="untrained default-width networks (multiply-adds depend on the shape only)")
+    parser.add_argument("--config", action="append", type=network_setting, default=[], metavar="NETWORK.KEY=VALUE",
+                        help="with --random-weights: build NETWORK with KEY=VALUE (repeatable)")
     args = parser.parse_args(argv)
+    if args.config and not args.random_weights:
+        parser.error("--config sets the shape of --random-weights networks; trained weights carry their own config")
+    if args.random_weights:
+        with tempfile.TemporaryDirectory() as tmp:
+            return run(args, write_timing_weights(Path(tmp), args.config), describe(args.config))
+    return run(args, args.weights, None)
+
+
+def run(args: argparse.Namespace, source: str | None, note: str | None) -> int:
     torch.set_num_threads(args.threads)
     peaks = {name: conv_peak(dtype, repeats=args.repeats)
              for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     native = "native bf16" if cpu_has_native_bf16() else "no native bf16 (emulated)"
     print(f"# CPU, {native}, {args.threads} thread(s), torch {torch.__version__}")
+    if note:
+        print(f"# {note}")
     print(f"# best 3x3 convolution rate: fp32 {peaks['fp32'] / 1e9:.0f}, bf16 {peaks['bf16'] / 1e9:.0f} G multiply-adds/s"
           f" (bf16 / fp32 = {peaks['bf16'] / peaks['fp32']:.2f}: the most bf16 can gain where arithmetic dominates)")
-    available, unavailable = colorizers.load_colorizers(source=args.weights, precision="fp32")
+    available, unavailable = colorizers.load_colorizers(source=source, precision="fp32")
     for name, reason in unavailable.items():
         print(f"# {name} not counted: {reason}")
     print()
