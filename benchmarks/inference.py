@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--weights", help="weights root (default: $COLORIZERS_WEIGHTS or the bundled assets/weights)")
     source.add_argument("--random-weights", action="store_true",
-                        help="untrained default-width networks in a temporary folder: timing only")
+                        help="untrained networks in a temporary folder, at default widths unless --config: timing only")
     parser.add_argument("--config", action="append", type=network_setting, default=[], metavar="NETWORK.KEY=VALUE",
                         help="with --random-weights: build NETWORK with KEY=VALUE (repeatable), e.g. "
                              "paracolorizer_bg.width=64")
