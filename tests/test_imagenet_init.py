@@ -219,10 +219,11 @@ def test_a_run_with_imagenet_init_trains_and_records_it(weights, photo_folder, t
     assert difference < 5e-3 * reference.conv1.weight.abs().max()
 
 
-@pytest.mark.parametrize("arm", ["a", "b", "c", "cnn_shipped", "cnn_imagenet"])
+@pytest.mark.parametrize("arm", ["a", "b", "c", "b_rebalanced", "cnn_shipped", "cnn_imagenet"])
 def test_every_encoder_experiment_arm_is_a_valid_training_command(arm, tmp_path):
     """``python -m train.encoder_experiment``'s arms, first chunk and resumed: the training CLI takes them for the
-    arm's network, the ImageNet arms ask for the ImageNet encoder, and ``cnn_shipped`` starts from the bundled cnn."""
+    arm's network, the ImageNet arms ask for the ImageNet encoder, the rebalanced arms train on the rebalanced L1
+    alone, and ``cnn_shipped`` starts from the bundled cnn."""
     from train import encoder_experiment as experiment
     spec = experiment.ARMS[arm]
     for resume in (False, True):
@@ -230,7 +231,10 @@ def test_every_encoder_experiment_arm_is_a_valid_training_command(arm, tmp_path)
         assert command[1:4] == ["-m", "train", spec.network]
         config = parse_args(command[3:])
         assert config.network == spec.network and config.resume == resume
-        assert config.encoder_init == ("imagenet" if "imagenet" in arm or arm in "bc" else "none")
+        assert config.encoder_init == ("imagenet" if "imagenet" in arm or arm in ("b", "c", "b_rebalanced") else "none")
+        rebalanced = arm == "b_rebalanced" or spec.network == "cnn"
+        assert config.loss_weights == ({"l1": 0.0, "l1_rebalanced": 1.0} if rebalanced else {})
+        assert config.rebalance_mix == (0.8 if arm == "b_rebalanced" else 0.9 if rebalanced else 0.5)
         assert config.cpu_minutes == 15.0 and config.out == str(tmp_path / arm)
         # the bg arms at their recipe's batch (32), the cnn arms at the plan's (16), as their documented runs were
         assert config.batch_size == (16 if spec.network == "cnn" else None)

@@ -13,6 +13,9 @@ pre-training (its recipe's ``pretrain`` phase and data, at 128 x 128, one torch 
   from the first step;
 - ``c``: the same start with the encoder frozen for a warm-up (``--freeze-encoder-steps``; no backward pass
   through it, so those steps are cheaper), then fine-tuned.
+- ``b_rebalanced``: ``b``'s start pre-trained on the rebalanced L1 (``losses.RebalancedL1``, Zhang et al. 2016 2.2,
+  the colour prior mixed with a uniform one at 0.8) instead of plain L1, which keeps ``b``'s colours near half the
+  truth's (run after the three above had decided the start).
 
 Each arm runs in chunks of ``--chunk`` CPU-minutes of its own process (``python -m train --cpu-minutes``, then
 ``--resume``), so arms that share the cores get equal work, and each chunk's export is kept as a snapshot.
@@ -67,6 +70,9 @@ ARMS = {
              (*BG_PRETRAIN, "--config", "width=64", "--encoder-init", "imagenet")),
     "c": Arm("width 64, ImageNet encoder frozen for 250 steps, then fine-tuned",
              (*BG_PRETRAIN, "--config", "width=64", "--encoder-init", "imagenet", "--freeze-encoder-steps", "250")),
+    "b_rebalanced": Arm("width 64, ImageNet encoder, pre-trained on the rebalanced L1 (mix 0.8)",
+                        (*BG_PRETRAIN, "--config", "width=64", "--encoder-init", "imagenet",
+                         "--rebalance-mix", "0.8", "--loss-weight", "l1=0", "--loss-weight", "l1_rebalanced=1")),
     "cnn_shipped": Arm("today's cnn weights, continued", ("--init", str(REPO / "assets" / "weights"), *CNN_REBALANCED),
                        network="cnn"),
     "cnn_imagenet": Arm("cnn from ImageNet conv1-layer2", ("--encoder-init", "imagenet", *CNN_REBALANCED),
