@@ -219,25 +219,32 @@ def test_a_run_with_imagenet_init_trains_and_records_it(weights, photo_folder, t
     assert difference < 5e-3 * reference.conv1.weight.abs().max()
 
 
-@pytest.mark.parametrize("arm", ["a", "b", "c", "b_rebalanced", "cnn_shipped", "cnn_imagenet"])
+@pytest.mark.parametrize("arm", ["a", "b", "c", "b_rebalanced", "b_perceptual", "cnn_shipped", "cnn_imagenet",
+                                 "cnn_classifier_shipped"])
 def test_every_encoder_experiment_arm_is_a_valid_training_command(arm, tmp_path):
     """``python -m train.encoder_experiment``'s arms, first chunk and resumed: the training CLI takes them for the
     arm's network, the ImageNet arms ask for the ImageNet encoder, the rebalanced arms train on the rebalanced L1
-    alone, and ``cnn_shipped`` starts from the bundled cnn."""
+    alone, ``b_perceptual`` adds the feature loss to L1, and the ``*_shipped`` arms start from the bundled
+    weights."""
     from train import encoder_experiment as experiment
     spec = experiment.ARMS[arm]
+    cnn_like = spec.network in ("cnn", "cnn_classifier")
     for resume in (False, True):
-        command = experiment.train_command(arm, tmp_path, "data.csv", 15.0, 128, 1, resume, [])
+        command = experiment.train_command(arm, tmp_path, "data.csv", 15.0, spec.size, 1, resume, [])
         assert command[1:4] == ["-m", "train", spec.network]
         config = parse_args(command[3:])
         assert config.network == spec.network and config.resume == resume
-        assert config.encoder_init == ("imagenet" if "imagenet" in arm or arm in ("b", "c", "b_rebalanced") else "none")
-        rebalanced = arm == "b_rebalanced" or spec.network == "cnn"
-        assert config.loss_weights == ({"l1": 0.0, "l1_rebalanced": 1.0} if rebalanced else {})
+        assert config.image_size == (224 if spec.network == "cnn_classifier" else 128)
+        imagenet = arm in ("b", "c", "b_rebalanced", "b_perceptual", "cnn_imagenet")
+        assert config.encoder_init == ("imagenet" if imagenet else "none")
+        rebalanced = arm == "b_rebalanced" or cnn_like
+        expected = ({"l1": 0.0, "l1_rebalanced": 1.0} if rebalanced
+                    else {"perceptual": float(experiment.PERCEPTUAL_WEIGHT)} if arm == "b_perceptual" else {})
+        assert config.loss_weights == expected
         assert config.rebalance_mix == (0.8 if arm == "b_rebalanced" else 0.9 if rebalanced else 0.5)
         assert config.cpu_minutes == 15.0 and config.out == str(tmp_path / arm)
         # the bg arms at their recipe's batch (32), the cnn arms at the plan's (16), as their documented runs were
-        assert config.batch_size == (16 if spec.network == "cnn" else None)
-    if arm == "cnn_shipped":
-        assert (experiment.REPO / "assets" / "weights" / "cnn" / "model.safetensors").is_file()
+        assert config.batch_size == (16 if cnn_like else None)
+    if arm.endswith("_shipped"):
+        assert (experiment.REPO / "assets" / "weights" / spec.network / "model.safetensors").is_file()
         assert config.init == str(experiment.REPO / "assets" / "weights")

@@ -16,6 +16,9 @@ pre-training (its recipe's ``pretrain`` phase and data, at 128 x 128, one torch 
 - ``b_rebalanced``: ``b``'s start pre-trained on the rebalanced L1 (``losses.RebalancedL1``, Zhang et al. 2016 2.2,
   the colour prior mixed with a uniform one at 0.8) instead of plain L1, which keeps ``b``'s colours near half the
   truth's (run after the three above had decided the start).
+- ``b_perceptual``: ``b``'s start pre-trained on L1 plus a feature loss through the frozen ImageNet ResNet-18
+  (``losses.PerceptualLoss``, Johnson et al. 2016; weight ``PERCEPTUAL_WEIGHT``), the "NoGAN" idea of
+  pre-training a colorizer on features instead of on a,b alone.
 
 Each arm runs in chunks of ``--chunk`` CPU-minutes of its own process (``python -m train --cpu-minutes``, then
 ``--resume``), so arms that share the cores get equal work, and each chunk's export is kept as a snapshot.
@@ -31,6 +34,10 @@ arms run release 0.5.0's rebalanced L1 (``train.plan.REBALANCED``) at the plan's
 
 - ``cnn_shipped``: today's weights (``assets/weights/cnn``) continued;
 - ``cnn_imagenet``: ImageNet's conv1-layer2 (``--encoder-init imagenet``) and a new head.
+
+The DTU report's ``cnn_classifier`` (3.2) had the least training of the six (2.4 epochs' worth, 62 CPU-minutes,
+where the report's best model is its 110th epoch): ``cnn_classifier_shipped`` continues its shipped weights on
+the plan's last stage for it (the rebalanced L1, batch 16, 224 x 224: its only size).
 
 ``--out`` should hold one network's arms, so that a plot compares like with like.
 """
@@ -57,12 +64,16 @@ class Arm:
     title: str
     args: tuple[str, ...]
     network: str = "paracolorizer_bg"
+    size: int = 128                  # training size unless ``run --size`` gives one
 
 
 #: ``paracolorizer_bg``'s arms run its recipe's pre-training phase only (``--pretrain-share 1``), at its batch of 32.
 BG_PRETRAIN = ("--pretrain-share", "1")
 #: ``cnn``'s arms run as the plan's stages made the shipped weights: the rebalanced L1, batch 16 (``train.plan.COMMON``).
 CNN_REBALANCED = ("--batch-size", "16", *REBALANCED)
+#: ``b_perceptual``'s weight on ``losses.PerceptualLoss``: about L1's size at the start (the feature term of a grey
+#: result is ~0.38 against L1's ~0.10 on val images at 128 x 128).
+PERCEPTUAL_WEIGHT = "0.25"
 
 ARMS = {
     "a": Arm("width 32, random init", (*BG_PRETRAIN, "--config", "width=32")),
@@ -73,10 +84,16 @@ ARMS = {
     "b_rebalanced": Arm("width 64, ImageNet encoder, pre-trained on the rebalanced L1 (mix 0.8)",
                         (*BG_PRETRAIN, "--config", "width=64", "--encoder-init", "imagenet",
                          "--rebalance-mix", "0.8", "--loss-weight", "l1=0", "--loss-weight", "l1_rebalanced=1")),
+    "b_perceptual": Arm("width 64, ImageNet encoder, pre-trained on L1 + ImageNet-feature loss",
+                        (*BG_PRETRAIN, "--config", "width=64", "--encoder-init", "imagenet",
+                         "--loss-weight", f"perceptual={PERCEPTUAL_WEIGHT}")),
     "cnn_shipped": Arm("today's cnn weights, continued", ("--init", str(REPO / "assets" / "weights"), *CNN_REBALANCED),
                        network="cnn"),
     "cnn_imagenet": Arm("cnn from ImageNet conv1-layer2", ("--encoder-init", "imagenet", *CNN_REBALANCED),
                         network="cnn"),
+    "cnn_classifier_shipped": Arm("today's cnn_classifier weights, continued",
+                                  ("--init", str(REPO / "assets" / "weights"), *CNN_REBALANCED),
+                                  network="cnn_classifier", size=224),
 }
 
 
@@ -98,7 +115,7 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     snapshots = out / args.arm / "snapshots"
     for chunk in range(len(history(out / args.arm)) + 1, args.chunks + 1):
-        command = train_command(args.arm, out, args.data, args.chunk, args.size, args.threads,
+        command = train_command(args.arm, out, args.data, args.chunk, args.size or ARMS[args.arm].size, args.threads,
                                 resume=chunk > 1, extra=args.extra)
         print("$", " ".join(command), flush=True)
         subprocess.run(command, check=True)
@@ -232,7 +249,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("arm", choices=sorted(ARMS))
     r.add_argument("--chunks", type=int, default=4)
     r.add_argument("--chunk", type=float, default=15.0, help="CPU-minutes per chunk (default: %(default)s)")
-    r.add_argument("--size", type=int, default=128)
+    r.add_argument("--size", type=int, default=None, help="training size (default: the arm's, 128 but for "
+                   "cnn_classifier's 224)")
     r.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `python -m train` options")
     s = sub.add_parser("score", help="score every new snapshot on the val split (scores.csv)")
     s.add_argument("--cache", default=None, help="decoded-image cache (default: the training default)")

@@ -47,9 +47,10 @@ from colorizers.metrics import colourfulness
 
 from .data import ImageSet, read_images
 from .distributed import Distributed
-from .imagenet_init import IMAGENET_NETWORKS, calibration_l_norm, check_encoder_init, init_encoder_from_imagenet
-from .losses import (IGNORE_LABEL, EdgeLoss, GANLoss, RebalancedL1, SSIMLoss, l1_loss, masked_cross_entropy,
-                     mse_loss)
+from .imagenet_init import (IMAGENET_NETWORKS, calibration_l_norm, check_encoder_init, init_encoder_from_imagenet,
+                            load_imagenet_resnet18)
+from .losses import (IGNORE_LABEL, EdgeLoss, GANLoss, PerceptualLoss, RebalancedL1, SSIMLoss, l1_loss,
+                     masked_cross_entropy, mse_loss)
 from .recipes import Adam, Phase, Recipe, get_recipe
 
 CHECKPOINT = "checkpoint.pt"
@@ -369,7 +370,8 @@ class Trainer:
 
     def __init__(self, recipe: Recipe, generator: nn.Module, device: torch.device, *,
                  discriminator: nn.Module | None = None, precision: str = "auto", compile: bool = False,
-                 rebalanced_l1: RebalancedL1 | None = None, distributed: Distributed | None = None):
+                 rebalanced_l1: RebalancedL1 | None = None, perceptual_loss: PerceptualLoss | None = None,
+                 distributed: Distributed | None = None):
         self.recipe = recipe
         self.device = device
         self.distributed = distributed
@@ -395,6 +397,9 @@ class Trainer:
         self.edge_loss = EdgeLoss()
         self.ssim_loss = SSIMLoss()
         self.rebalanced_l1 = rebalanced_l1.to(device) if rebalanced_l1 is not None else None
+        self.perceptual_loss = None
+        if perceptual_loss is not None:
+            self.perceptual_loss = perceptual_loss.to(device, memory_format=self.memory_format).eval()
         self.phase: Phase | None = None
         self.generator_optimizer: torch.optim.Optimizer | None = None
         self.discriminator_optimizer: torch.optim.Optimizer | None = None
@@ -470,6 +475,12 @@ class Trainer:
             if self.rebalanced_l1 is None:
                 raise ValueError("the l1_rebalanced term needs the training colours' prior (Trainer rebalanced_l1)")
             return self.rebalanced_l1(prediction.ab_norm, batch.ab_norm)
+        if term == "perceptual":
+            if self.perceptual_loss is None:
+                raise ValueError("the perceptual term needs the ImageNet ResNet-18 (Trainer perceptual_loss)")
+            rgb = self.predicted_rgb(batch, prediction).contiguous(memory_format=self.memory_format)
+            with self.autocast():
+                return self.perceptual_loss(rgb, batch.rgb)
         if term == "ce":
             return masked_cross_entropy(prediction.logits, batch.labels)
         if term == "gan":
@@ -777,8 +788,12 @@ def train_process(config: TrainingConfig, distributed: Distributed | None) -> Pa
     rebalanced_l1 = None
     if "l1_rebalanced" in recipe.loss_terms:  # the training colours' distribution, from a fixed sample
         rebalanced_l1 = RebalancedL1(RebalancedL1.prior_of(images.images, seed=config.seed), config.rebalance_mix)
+    perceptual_loss = None
+    if "perceptual" in recipe.loss_terms:  # ImageNet ResNet-18 features (../shared/weights, $COLORIZERS_RESNET18)
+        perceptual_loss = PerceptualLoss(load_imagenet_resnet18())
     trainer = Trainer(recipe, generator, device, discriminator=discriminator, precision=config.precision,
-                      compile=config.compile, rebalanced_l1=rebalanced_l1, distributed=distributed)
+                      compile=config.compile, rebalanced_l1=rebalanced_l1, perceptual_loss=perceptual_loss,
+                      distributed=distributed)
     batches = InMemoryBatches(images.images, class_indices(images.labels, class_names), recipe.batch_size,
                               device, config.seed, rank=0 if distributed is None else distributed.rank,
                               world_size=world_size)

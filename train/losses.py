@@ -7,6 +7,8 @@
 - ``SSIMLoss``: DenseFuse's structural term, 1 - SSIM (ParaColorizer III-C).
 - ``RebalancedL1``: L1 with each pixel weighted by the rarity of its true colour (Zhang et al. 2016, section 2.2),
   which neither paper uses; the CNN baselines' last stages use it against their sepia (``train/plan.py``).
+- ``PerceptualLoss``: the distance between ImageNet ResNet-18 features of the colour result and of the photo
+  (Johnson et al. 2016), which neither paper uses either; an option against the L1 term's pull to grey.
 """
 from __future__ import annotations
 
@@ -180,3 +182,54 @@ def _gaussian_smooth(grid: torch.Tensor, sigma: float) -> torch.Tensor:
     kernel = kernel / kernel.sum()
     out = F.conv2d(grid[None, None], kernel.view(1, 1, 1, -1), padding=(0, radius))
     return F.conv2d(out, kernel.view(1, 1, -1, 1), padding=(radius, 0))[0, 0]
+
+
+class PerceptualLoss(nn.Module):
+    """Feature ("perceptual") loss of Johnson et al. 2016 through a frozen ImageNet ResNet-18, on RGB in [0, 1].
+
+    Neither paper uses it. An L1 (or L2) loss on a,b rewards the mean of the plausible colours of a pixel, which
+    for most objects is a desaturated brown: the colourisations' well-known greyness. A loss on the features of
+    a network trained to recognise objects compares what the colours say about the image instead (a grey apple
+    and a red one differ in ImageNet features; two plausible reds hardly do), the idea behind DeOldify's
+    "NoGAN" pre-training with a feature loss before a short adversarial phase.
+
+    The network is torchvision's ImageNet ResNet-18 through ``layer3`` (``../shared/weights``, BatchNorm folded,
+    so in eval mode it is exactly the pretrained network), fed ImageNet-normalised RGB; its weights never
+    train. The term is the mean over ``layer1``, ``layer2`` and ``layer3`` of each layer's mean absolute feature
+    difference divided by the mean absolute feature of the photo (a relative error, so that each layer counts
+    alike whatever its scale). It is zero for identical images. The metrics stay independent of it: LPIPS
+    scores with AlexNet and FID with Inception, not with this network.
+    """
+
+    LAYERS = (1, 2, 3)
+
+    def __init__(self, state_dict: dict[str, torch.Tensor]):
+        super().__init__()
+        from colorizers.networks.layers import ResNet18Encoder
+
+        from .imagenet_init import IMAGENET_MEAN, IMAGENET_STD
+
+        encoder = ResNet18Encoder(in_channels=3, width=64, num_layers=max(self.LAYERS))
+        wanted = encoder.state_dict()
+        missing = sorted(set(wanted) - set(state_dict))
+        if missing:
+            raise ValueError(f"the ImageNet ResNet-18 weights lack {len(missing)} tensors, e.g. {missing[0]}")
+        encoder.load_state_dict({name: state_dict[name] for name in wanted})
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def train(self, mode: bool = True) -> "PerceptualLoss":
+        super().train(mode)
+        self.encoder.eval()  # folded BatchNorm: only eval mode is the pretrained network
+        return self
+
+    def features(self, rgb: torch.Tensor) -> list[torch.Tensor]:
+        return self.encoder((rgb - self.mean) / self.std)[1:]  # layer1, layer2, layer3 (not the stem)
+
+    def forward(self, prediction_rgb: torch.Tensor, target_rgb: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            targets = self.features(target_rgb)
+        terms = [(p.float() - t.float()).abs().mean() / (t.float().abs().mean() + 1e-6)
+                 for p, t in zip(self.features(prediction_rgb), targets)]
+        return torch.stack(terms).mean()

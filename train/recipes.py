@@ -9,6 +9,9 @@ discriminator), the optimizer, and its share of the run's steps. ``engine.py`` t
   section 2.2; ``losses.RebalancedL1``), in no paper's recipe: every colorizer lists it at weight 0, and
   ``--loss-weight l1=0 --loss-weight l1_rebalanced=1`` switches a run to it (``=100`` in place of the GANs'
   lambda * L1; a term at weight 0 is not computed);
+- ``perceptual``: the relative distance between ImageNet ResNet-18 features of the colour result and of the photo
+  (``losses.PerceptualLoss``, Johnson et al. 2016), in no paper's recipe either: every colorizer lists it at
+  weight 0, and ``--loss-weight perceptual=W`` adds it;
 - ``ce``: cross-entropy of the class logits over labelled images (DTU eq. 2);
 - ``gan``: the generator's adversarial term with the recipe's ``gan_mode``;
 - ``edge``: the edge-map loss of ParaColorizer III-A (``losses.EdgeLoss``), on the colour images;
@@ -76,6 +79,8 @@ class Recipe:
         return list(dict.fromkeys(term for p in self.phases for term in p.losses))
 
 
+#: The terms every colorizer lists at weight 0, in no paper's recipe: ``--loss-weight TERM=W`` switches them on.
+OPTIONAL_TERMS = {"l1_rebalanced": 0.0, "perceptual": 0.0}
 PIX2PIX_L1_WEIGHT = 100.0  # lambda of pix2pix (Isola et al.), which DTU 3.3 and ParaColorizer follow
 PARACOLORIZER_PRETRAIN = Adam(1e-4, (0.9, 0.999))  # IV-A "Pre-training the Generators"
 PARACOLORIZER_ADVERSARIAL = Adam(2e-4, (0.5, 0.999))  # IV-A, generator and discriminator
@@ -84,7 +89,7 @@ RECIPES: dict[str, Recipe] = {
     # DTU 3.1.2-3.1.3: L1 loss, Adam at 1e-4, 100 epochs.
     "cnn": Recipe(
         network="cnn", paper="DTU report 3.1",
-        phases=(Phase("train", {"l1": 1.0, "l1_rebalanced": 0.0}, Adam(1e-4)),),
+        phases=(Phase("train", {"l1": 1.0, **OPTIONAL_TERMS}, Adam(1e-4)),),
         epochs=100,
     ),
     # DTU 3.2.2-3.2.3: L1 + sigma * CE with sigma = 1/300, Adam at 5e-5, 224x224 input, 200 epochs (best at
@@ -95,7 +100,7 @@ RECIPES: dict[str, Recipe] = {
     # report trains on one labelled ImageNet subset); other images still train colour through L1.
     "cnn_classifier": Recipe(
         network="cnn_classifier", paper="DTU report 3.2",
-        phases=(Phase("train", {"l1": 1.0, "l1_rebalanced": 0.0, "ce": 1.0 / 300.0}, Adam(5e-5)),),
+        phases=(Phase("train", {"l1": 1.0, **OPTIONAL_TERMS, "ce": 1.0 / 300.0}, Adam(5e-5)),),
         image_size=224, resizable=False, epochs=110, min_class_examples=30,  # 110: the report's best epoch of 200
     ),
     # DTU 3.3.2-3.3.3: conditional PatchGAN with the vanilla (BCE) loss, eq. 6, generator loss cGAN fake
@@ -108,8 +113,8 @@ RECIPES: dict[str, Recipe] = {
     "attention_ugan": Recipe(
         network="attention_ugan", paper="DTU report 3.3",
         phases=(
-            Phase("pretrain", {"l1": 1.0, "l1_rebalanced": 0.0}, Adam(2e-4, (0.5, 0.999)), share=0.25),
-            Phase("adversarial", {"gan": 1.0, "l1": PIX2PIX_L1_WEIGHT, "l1_rebalanced": 0.0}, Adam(2e-4, (0.5, 0.999)),
+            Phase("pretrain", {"l1": 1.0, **OPTIONAL_TERMS}, Adam(2e-4, (0.5, 0.999)), share=0.25),
+            Phase("adversarial", {"gan": 1.0, "l1": PIX2PIX_L1_WEIGHT, **OPTIONAL_TERMS}, Adam(2e-4, (0.5, 0.999)),
                   share=0.75, discriminator_optimizer=Adam(2e-5, (0.5, 0.999))),
         ),
         epochs=100, gan_mode="vanilla",
@@ -121,8 +126,8 @@ RECIPES: dict[str, Recipe] = {
     "paracolorizer_fg": Recipe(
         network="paracolorizer_fg", paper="ParaColorizer III-A, IV-A",
         phases=(
-            Phase("pretrain", {"l1": 1.0, "l1_rebalanced": 0.0}, PARACOLORIZER_PRETRAIN, share=0.5),
-            Phase("adversarial", {"gan": 1.0, "edge": 1.0, "l1": PIX2PIX_L1_WEIGHT, "l1_rebalanced": 0.0},
+            Phase("pretrain", {"l1": 1.0, **OPTIONAL_TERMS}, PARACOLORIZER_PRETRAIN, share=0.5),
+            Phase("adversarial", {"gan": 1.0, "edge": 1.0, "l1": PIX2PIX_L1_WEIGHT, **OPTIONAL_TERMS},
                   PARACOLORIZER_ADVERSARIAL, share=0.5, discriminator_optimizer=PARACOLORIZER_ADVERSARIAL),
         ),
         epochs=30, gan_mode="lsgan", uses_proposals=True,
@@ -132,8 +137,8 @@ RECIPES: dict[str, Recipe] = {
     "paracolorizer_bg": Recipe(
         network="paracolorizer_bg", paper="ParaColorizer III-B, IV-A",
         phases=(
-            Phase("pretrain", {"l1": 1.0, "l1_rebalanced": 0.0}, PARACOLORIZER_PRETRAIN, share=0.5),
-            Phase("adversarial", {"gan": 1.0, "l1": PIX2PIX_L1_WEIGHT, "l1_rebalanced": 0.0}, PARACOLORIZER_ADVERSARIAL,
+            Phase("pretrain", {"l1": 1.0, **OPTIONAL_TERMS}, PARACOLORIZER_PRETRAIN, share=0.5),
+            Phase("adversarial", {"gan": 1.0, "l1": PIX2PIX_L1_WEIGHT, **OPTIONAL_TERMS}, PARACOLORIZER_ADVERSARIAL,
                   share=0.5, discriminator_optimizer=PARACOLORIZER_ADVERSARIAL),
         ),
         epochs=30, kinds=ALL_KINDS, gan_mode="lsgan",
