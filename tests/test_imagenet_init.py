@@ -248,3 +248,31 @@ def test_every_encoder_experiment_arm_is_a_valid_training_command(arm, tmp_path)
     if arm.endswith("_shipped"):
         assert (experiment.REPO / "assets" / "weights" / spec.network / "model.safetensors").is_file()
         assert config.init == str(experiment.REPO / "assets" / "weights")
+
+
+def test_encoder_experiment_grid_draws_snapshots_beside_the_shipped_weights(photo_folder, tmp_path, capsys):
+    """``grid b/01 shipped``: the grey input, a snapshot, the bundled weights and the truth, one row per val photo;
+    a snapshot that is not there, or snapshots of two networks, get a message instead of a figure."""
+    import json as _json
+
+    from PIL import Image as PILImage
+
+    from tests.helpers import write_random_weights
+    from train import encoder_experiment as experiment
+
+    for arm, network in (("b", "paracolorizer_bg"), ("cnn_shipped", "cnn")):
+        snapshot = tmp_path / arm / "snapshots" / "01"
+        write_random_weights(snapshot, networks=(network,))
+        (snapshot / "progress.json").write_text(_json.dumps(
+            {"arm": arm, "chunk": 1, "step": 10, "images": 320, "cpu_minutes": 15.0}))
+    png = tmp_path / "grid.png"
+    common = ["--out", str(tmp_path), "--data", str(photo_folder), "--rows", "3"]
+    experiment.main(["grid", "b/01", "shipped", *common, "--png", str(png)])
+    width, height = PILImage.open(png).size
+    assert (width, height) == (round(1.9 * 4 * 110), round((1.9 * 3 + 0.6) * 110))  # 4 columns, 3 rows
+    assert experiment.snapshot_title(tmp_path, "b/snapshots/01") == "(b) 15 CPU-min, 0.3k images"
+    with pytest.raises(SystemExit, match="no snapshot b/snapshots/02"):
+        experiment.main(["grid", "b/02", *common, "--png", str(tmp_path / "x.png")])
+    with pytest.raises(SystemExit, match="one network"):
+        experiment.main(["grid", "b/01", "cnn_shipped/01", *common, "--png", str(tmp_path / "x.png")])
+    assert not (tmp_path / "x.png").exists()

@@ -3,6 +3,7 @@
     python -m train.encoder_experiment run a --out runs/encoders      # one arm, in chunks of CPU-minutes
     python -m train.encoder_experiment score --out runs/encoders      # every snapshot on the whole val split
     python -m train.encoder_experiment plot --out runs/encoders --png docs/encoder-init.png
+    python -m train.encoder_experiment grid a/03 b/03 shipped --out runs/encoders --png grid.jpg   # on val photos
 
 The ParaColorizer generators (III-A, III-B) are "a UNet that uses a pre-trained ResNet-18 network as its
 encoder". This experiment measures what that start is worth at equal compute, on ``paracolorizer_bg``'s L1
@@ -242,6 +243,49 @@ def plot(args: argparse.Namespace) -> None:
     print(f"wrote {args.png}")
 
 
+def snapshot_title(out: Path, name: str) -> str:
+    if name == "shipped":
+        return "shipped weights"
+    progress = json.loads((out / name / "progress.json").read_text())
+    return f"({progress['arm']}) {progress['cpu_minutes']:.0f} CPU-min, {progress['images'] / 1000:.1f}k images"
+
+
+def grid(args: argparse.Namespace) -> None:
+    """Grey input, each snapshot (``ARM/CHUNK``, e.g. ``b/03``; ``shipped``: the bundled weights of the arms'
+    network) and the truth on the first ``--rows`` val photos at 256 x 256, as ``train.evaluate``'s examples."""
+    import torch
+
+    import colorizers
+    from colorizers.color import gray_to_rgb_from_l, rgb_to_l
+    from train.data import read_images
+    from train.evaluate import GRAYSCALE, GROUND_TRUTH, write_examples
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    names = [name if name == "shipped" else f"{name.split('/')[0]}/snapshots/{name.split('/')[1]}"
+             for name in args.snapshots]
+    missing = [n for n in names if n != "shipped" and not (out / n / "progress.json").is_file()]
+    if missing:
+        raise SystemExit(f"no snapshot {', '.join(missing)} under {out}")
+    networks = {ARMS[json.loads((out / n / "progress.json").read_text())["arm"]].network for n in names
+                if n != "shipped"}
+    if len(networks) != 1:
+        raise SystemExit(f"the snapshots are of {sorted(networks) or 'no network'}: grid one network's at a time")
+    network = networks.pop()
+    images = read_images([args.data], split="val", size=256, max_images=args.rows, num_threads=args.threads,
+                         cache=None)
+    truth = images.images.float() / 255.0
+    l = rgb_to_l(truth)
+    columns = {GRAYSCALE: gray_to_rgb_from_l(l)}
+    for name in names:
+        source = str(REPO / "assets" / "weights") if name == "shipped" else str(out / name)
+        model = colorizers.load_colorizer(network, source=source, device="cpu")
+        columns[snapshot_title(out, name)] = torch.cat([model.colorize_l(l[i:i + 8]) for i in range(0, len(l), 8)])
+    columns[GROUND_TRUTH] = truth
+    write_examples(Path(args.png), columns, images.names)
+    print(f"wrote {args.png}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m train.encoder_experiment", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -259,7 +303,11 @@ def main(argv: list[str] | None = None) -> None:
     g = sub.add_parser("plot", help="FID and LPIPS against CPU-minutes")
     g.add_argument("--png", required=True)
     g.add_argument("--grey-fid", type=float, default=None, help="draw the grey input's FID as a line")
-    for q in (r, s, g):
+    d = sub.add_parser("grid", help="grey input, snapshots and truth on the first val photos (a PNG or JPEG)")
+    d.add_argument("snapshots", nargs="+", metavar="ARM/CHUNK", help="e.g. b/03; 'shipped': the bundled weights")
+    d.add_argument("--rows", type=int, default=12)
+    d.add_argument("--png", required=True)
+    for q in (r, s, g, d):
         q.add_argument("--out", required=True)
         q.add_argument("--data", default=DEFAULT_DATA)
         q.add_argument("--threads", type=int, default=1)
@@ -267,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "score" and args.cache is None:
         from train.data import default_cache_dir
         args.cache = str(default_cache_dir())
-    {"run": run, "score": score, "plot": plot}[args.command](args)
+    {"run": run, "score": score, "plot": plot, "grid": grid}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def overlay_name(alpha: float) -> str:
 def row_title(name: str) -> str:
     if name.startswith(OVERLAY):
         return f"ParaColorizer, weighted overlay α = {name[len(OVERLAY):]} (Table V)"
-    return ROW_TITLES[name]
+    return ROW_TITLES.get(name, name)  # any other column (an experiment's snapshot) is titled by its name
 
 #: (result field, markdown header, decimals), in ParaColorizer Table I's order, then colourfulness itself.
 COLUMNS = (
