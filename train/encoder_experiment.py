@@ -235,7 +235,7 @@ def plot(args: argparse.Namespace) -> None:
             ax.axhline(args.grey_fid, color="grey", linestyle="--", label="grey input")
         ax.set(xlabel=f"CPU-minutes of training ({phase})", ylabel=label)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7, loc="best")
     fig.suptitle(f"{network}: where to start {what}, at equal CPU time")
     fig.tight_layout()
     Path(args.png).parent.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,7 @@ from pathlib import Path
 
 import colorizers
 from train import evaluate
+from train.recipes import get_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = "../shared/data/colorize256/manifest.csv"
@@ -142,8 +143,9 @@ class Stage:
         return self.device != "cpu"
 
 
-PLAN: dict[str, tuple[Stage, ...]] = {
-    "paracolorizer_bg": (
+#: The background generator of releases 0.3.0-0.9.0 (width 32 from random weights), replaced in 1.0.0: its stages,
+#: kept for the record (the 0.9.0 model card lists their step counts).
+PARACOLORIZER_BG_WIDTH32: tuple[Stage, ...] = (
         Stage("pretrain 128", "bg_pre", ("--size", "128", "--pretrain-share", "1", "--steps", "100000"), 36),
         Stage("adversarial 128", "bg_adv", ("--init", "{root}/bg_pre", *ADVERSARIAL_128), 14),
         Stage("adversarial 256", "bg_adv", ("--init", "{root}/bg_pre", *ADVERSARIAL_128[:-1], "256", "--resume"), 10),
@@ -171,6 +173,18 @@ PLAN: dict[str, tuple[Stage, ...]] = {
         # After 0.7.0 this run was branched at lambda 1000 (G 2e-5, 256, ~220 steps, mix 0.9 and 0.8): each fusion that
         # beat cnn_classifier's FID had lost the fused colour the target needs; not shipped (docs/training.md).
         *gpu_finish("bg_gpu", "{root}/bg_adv", "0.7"),
+    )
+#: Release 1.0.0's background generator: the paper's start (width 64, ImageNet ResNet-18 encoder), pre-trained at
+#: 128 x 128 on L1 plus the ImageNet-feature loss at the recipe's batch of 32 (arm ``b_perceptual`` of
+#: ``python -m train.encoder_experiment``, two 15-minute parts); its adversarial phase has not run yet.
+BG64_PERCEPTUAL = ("--size", "128", "--pretrain-share", "1", "--config", "width=64", "--encoder-init", "imagenet",
+                   "--loss-weight", "perceptual=0.25", "--batch-size", "32", "--steps", "100000")
+
+
+PLAN: dict[str, tuple[Stage, ...]] = {
+    "paracolorizer_bg": (
+        Stage("ImageNet-64 pretrain 128, L1 + feature loss, part 1", "bg64_perc", BG64_PERCEPTUAL, 15),
+        Stage("ImageNet-64 pretrain 128, L1 + feature loss, part 2", "bg64_perc", (*BG64_PERCEPTUAL, "--resume"), 15),
     ),
     "paracolorizer_fg": (
         Stage("pretrain 128", "fg_pre", ("--proposals", PROPOSALS, "--size", "128", "--pretrain-share", "1",
@@ -237,6 +251,12 @@ PLAN: dict[str, tuple[Stage, ...]] = {
         Stage("train 224", "cls", ("--steps", "100000"), 18),
         Stage("train 224, continued", "cls_s3", ("--init", "{root}/cls", "--steps", "100000"), 25),
         Stage("rebalanced L1 224", "cls_rb09", ("--init", "{root}/cls_s3", *REBALANCED, "--steps", "100000"), 22),
+        # Release 1.0.0: the least-trained network of the six (2.4 epochs' worth) continued on the same stage, three
+        # 20-minute parts (``python -m train.encoder_experiment run cnn_classifier_shipped --chunk 20``, about 5.6
+        # epochs more): whole-val FID / LPIPS 48.05 / 0.183 -> 46.88 / 0.180 (docs/cnn-classifier-continued.csv).
+        *(Stage(f"rebalanced L1 224, longer run, part {k}", "cls_s10",
+                ("--init", "{root}/cls_rb09", *REBALANCED, "--steps", "100000", *(("--resume",) if k > 1 else ())), 20)
+          for k in (1, 2, 3)),
     ),
     "attention_ugan": (
         Stage("pretrain 128", "augan_pre", ("--size", "128", "--config", "base_width=16", "--pretrain-share", "1",
@@ -501,6 +521,16 @@ def model_card(network: str, root: Path, eval_dir: Path | None, dest: Path) -> s
                         "2016, section 2.2; `train/losses.py`), with the colour prior mixed with a uniform one at "
                         f"{training['config']['rebalance_mix']:g} (`--rebalance-mix`): neither paper uses it; "
                         "it lifts the L1 regression's desaturated colours (`train/plan.py` says by how much)."]
+    if training["config"].get("encoder_init") == "imagenet":
+        lines[-1:-1] = ["", "The encoder starts from torchvision's ImageNet ResNet-18 (IMAGENET1K_V1, BSD-3-Clause; "
+                        "`--encoder-init imagenet`, `train/imagenet_init.py`)."]
+    if weights and "perceptual" in weights[0]:
+        lines[-1:-1] = ["", "`perceptual` is the relative distance between the frozen ImageNet ResNet-18's layer1-layer3 "
+                        "features of the colour result and of the photo (Johnson et al. 2016; `train/losses.py`): "
+                        "neither paper uses it."]
+    if get_recipe(network).adversarial and final_phase == "pretrain":  # (the saved recipe lists the phases run)
+        lines[-1:-1] = ["", "**Pre-trained only**: the recipe's adversarial phase has not run on these weights yet; "
+                        "they are the generator after its pre-training."]
     if metrics:
         lines += ["## Validation metrics (val split, 256 x 256, `python -m train.evaluate`)", "",
                   "| model | Δ Colourful ↓ | FID ↓ | LPIPS ↓ | PSNR ↑ | SSIM ↑ | Colourfulness |",
