@@ -142,6 +142,7 @@ def test_the_imagenet_plan_carries_the_resnet18_and_points_the_engine_at_it(inpu
     first = gpu.stage_command(lanes[0], 0, tmp_path / "runs", files / "data" / "manifest.csv", files / "init", None,
                               gpu.DryRun(), counts)
     assert first[first.index("--encoder-init") + 1] == "imagenet" and "width=64" in first
+    assert first[first.index("--loss-weight") + 1] == "perceptual=0.25"  # pre-trained as 1.0.0's bg generator
     assert first[first.index("--device") + 1] == "cpu" and first[first.index("--size") + 1] == "32"
     adversarial = gpu.stage_command(lanes[0], 2, tmp_path / "runs", files / "data" / "manifest.csv",
                                     files / "init", 1.5, None, {})

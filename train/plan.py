@@ -326,14 +326,16 @@ class Lane:
 
 
 def gpu_imagenet64(prefix: str, mix: str, extra: tuple[str, ...] = ()) -> tuple[Stage, ...]:
-    """A ParaColorizer generator at torchvision's widths (``width=64``) from the ImageNet ResNet-18 encoder: L1
-    pre-training at 256 x 256 (two parts), then the adversarial phase from it (a new PatchGAN, ``--init``) on the
+    """A ParaColorizer generator at torchvision's widths (``width=64``) from the ImageNet ResNet-18 encoder: L1 plus
+    the ImageNet-feature loss (weight 0.25, as the CPU run that made 1.0.0's background generator) pre-training at
+    256 x 256 (two parts), then the adversarial phase from it (a new PatchGAN, ``--init``) on the
     rebalanced L1 at ``mix``, lambda 300, G 1e-4, 5e-5, 2e-5, D 2e-5 (three parts). Batch 32 (``GPU_COMMON``)."""
     imagenet = ("--config", "width=64", "--encoder-init", "imagenet")
 
     def pretrain(k: int, minutes: float) -> Stage:
         return Stage(f"GPU ImageNet-64 pretrain 256, part {k}", f"{prefix}_pre",
-                     (*extra, *imagenet, "--size", "256", "--pretrain-share", "1", "--steps", "100000",
+                     (*extra, *imagenet, "--loss-weight", "perceptual=0.25", "--size", "256", "--pretrain-share", "1",
+                      "--steps", "100000",
                       *(("--resume",) if k > 1 else ())), minutes, device="cuda")
 
     def adversarial(k: int, lr: str, minutes: float) -> Stage:
