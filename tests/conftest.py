@@ -54,3 +54,15 @@ def page():
             yield browser.new_page(viewport={"width": 1400, "height": 1000})
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+    """Four scikit-image photos at 64 x 64 as a folder of PNGs (a training source for tiny runs)."""
+    from PIL import Image
+    from skimage import data as skdata
+
+    folder = tmp_path_factory.mktemp("photos")
+    for i, photo in enumerate([skdata.astronaut, skdata.coffee, skdata.chelsea, skdata.rocket]):
+        Image.fromarray(photo()).convert("RGB").resize((64, 64), Image.BICUBIC).save(folder / f"{i}.png")
+    return folder

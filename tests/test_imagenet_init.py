@@ -181,14 +181,6 @@ def test_other_errors_and_resume(tmp_path, monkeypatch):
     resolve_recipe(TrainingConfig("cnn", [], ""))  # "none" never needs the file
 
 
-@pytest.fixture(scope="module")
-def photo_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("photos")
-    for i, photo in enumerate([skdata.astronaut, skdata.coffee, skdata.chelsea, skdata.rocket]):
-        Image.fromarray(photo()).convert("RGB").resize((64, 64), Image.BICUBIC).save(folder / f"{i}.png")
-    return folder
-
-
 @pytest.mark.parametrize("network", ["paracolorizer_fg", "paracolorizer_bg"])
 def test_engine_builds_an_imagenet_initialised_generator(weights, folded_torchvision, photo_folder, network):
     """Both ParaColorizer generators at width 64: their encoder is torchvision's ImageNet ResNet-18 (conv1 ..

@@ -90,14 +90,6 @@ def test_weights_without_a_layer_are_refused(resnet):
         PerceptualLoss(partial)
 
 
-@pytest.fixture(scope="module")
-def photo_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("photos")
-    for i, photo in enumerate([skdata.astronaut, skdata.coffee, skdata.chelsea, skdata.rocket]):
-        Image.fromarray(photo()).convert("RGB").resize((32, 32), Image.BICUBIC).save(folder / f"{i}.png")
-    return folder
-
-
 def test_a_run_with_the_term_trains_on_it_and_a_run_without_never_loads_the_network(photo_folder, tmp_path,
                                                                                       monkeypatch, resnet):
     loaded = []
