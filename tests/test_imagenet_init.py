@@ -211,13 +211,14 @@ def test_a_run_with_imagenet_init_trains_and_records_it(weights, photo_folder, t
     assert difference < 5e-3 * reference.conv1.weight.abs().max()
 
 
-@pytest.mark.parametrize("arm", ["a", "b", "c", "b_rebalanced", "b_perceptual", "cnn_shipped", "cnn_imagenet",
-                                 "cnn_classifier_shipped"])
+@pytest.mark.parametrize("arm", ["a", "b", "c", "b_rebalanced", "b_perceptual", "fg_perceptual", "bg_adversarial",
+                                 "cnn_shipped", "cnn_imagenet", "cnn_classifier_shipped"])
 def test_every_encoder_experiment_arm_is_a_valid_training_command(arm, tmp_path):
     """``python -m train.encoder_experiment``'s arms, first chunk and resumed: the training CLI takes them for the
     arm's network, the ImageNet arms ask for the ImageNet encoder, the rebalanced arms train on the rebalanced L1
-    alone, ``b_perceptual`` adds the feature loss to L1, and the ``*_shipped`` arms start from the bundled
-    weights."""
+    alone, the ``*_perceptual`` arms add the feature loss to L1 (the foreground's on its object proposals),
+    ``bg_adversarial`` runs the adversarial phase from the shipped weights with the feature loss at lambda's ratio,
+    and the ``*_shipped`` arms start from the bundled weights."""
     from train import encoder_experiment as experiment
     spec = experiment.ARMS[arm]
     cnn_like = spec.network in ("cnn", "cnn_classifier")
@@ -227,17 +228,23 @@ def test_every_encoder_experiment_arm_is_a_valid_training_command(arm, tmp_path)
         config = parse_args(command[3:])
         assert config.network == spec.network and config.resume == resume
         assert config.image_size == (224 if spec.network == "cnn_classifier" else 128)
-        imagenet = arm in ("b", "c", "b_rebalanced", "b_perceptual", "cnn_imagenet")
+        imagenet = arm in ("b", "c", "b_rebalanced", "b_perceptual", "fg_perceptual", "cnn_imagenet")
         assert config.encoder_init == ("imagenet" if imagenet else "none")
         rebalanced = arm == "b_rebalanced" or cnn_like
+        perceptual = {"perceptual": float(experiment.PERCEPTUAL_WEIGHT)}
         expected = ({"l1": 0.0, "l1_rebalanced": 1.0} if rebalanced
-                    else {"perceptual": float(experiment.PERCEPTUAL_WEIGHT)} if arm == "b_perceptual" else {})
+                    else perceptual if arm.endswith("_perceptual")
+                    else {"l1": 0.0, "l1_rebalanced": 300.0, "perceptual": 75.0} if arm == "bg_adversarial" else {})
         assert config.loss_weights == expected
-        assert config.rebalance_mix == (0.8 if arm == "b_rebalanced" else 0.9 if rebalanced else 0.5)
+        assert config.rebalance_mix == {"b_rebalanced": 0.8, "bg_adversarial": 0.7}.get(arm, 0.9 if rebalanced else 0.5)
         assert config.cpu_minutes == 15.0 and config.out == str(tmp_path / arm)
-        # the bg arms at their recipe's batch (32), the cnn arms at the plan's (16), as their documented runs were
-        assert config.batch_size == (16 if cnn_like else None)
-    if arm.endswith("_shipped"):
+        assert (config.proposals == experiment.PROPOSALS) == (arm == "fg_perceptual")
+        # the pre-training arms at their recipe's batch (32), the cnn and adversarial arms at the plan's (16)
+        assert config.batch_size == (16 if cnn_like or arm == "bg_adversarial" else None)
+        # an adversarial arm skips the pre-training phase because it starts from trained weights (--init)
+        assert (config.pretrain_share == 1.0) == (arm in ("a", "b", "c", "b_rebalanced", "b_perceptual",
+                                                          "fg_perceptual"))
+    if arm.endswith("_shipped") or arm == "bg_adversarial":
         assert (experiment.REPO / "assets" / "weights" / spec.network / "model.safetensors").is_file()
         assert config.init == str(experiment.REPO / "assets" / "weights")
 

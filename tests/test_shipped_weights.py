@@ -74,12 +74,13 @@ def test_each_model_colours_real_photos_and_keeps_their_lightness(shipped, model
         f"{dict(zip(PHOTOS, np.round(chromas, 2)))}: barely coloured")
 
 
-def test_the_background_generator_ships_at_the_papers_width_with_its_imagenet_encoder_named():
-    """Since 1.0.0 the background generator is the paper's Res-UNet at torchvision's widths (width 64, 23.9 M
-    parameters), its encoder started from ImageNet: the card names the source of those weights and says the
-    adversarial phase is still to come."""
-    net = colorizers.load_network("paracolorizer_bg", WEIGHTS)
+@pytest.mark.parametrize("network", ["paracolorizer_bg", "paracolorizer_fg"])
+def test_the_paracolorizer_generators_ship_at_the_papers_width_with_their_imagenet_encoder_named(network):
+    """Since 1.0.0 (background) and 1.1.0 (foreground) ParaColorizer's generators are the paper's Res-UNet at
+    torchvision's widths (width 64, 23.9 M parameters), their encoders started from ImageNet: the card names the
+    source of those weights and says the adversarial phase is still to come."""
+    net = colorizers.load_network(network, WEIGHTS)
     assert net.encoder.conv1.out_channels == 64
     assert 23.5e6 < sum(p.numel() for p in net.parameters()) < 24.5e6
-    card = (WEIGHTS / "paracolorizer_bg" / "README.md").read_text()
+    card = (WEIGHTS / network / "README.md").read_text()
     assert "torchvision's ImageNet ResNet-18" in card and "Pre-trained only" in card

@@ -53,7 +53,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from train.plan import REBALANCED
+from train.plan import LAMBDA_300, REBALANCED, rebalanced_gan
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "colorize256" / "manifest.csv")
@@ -75,6 +75,11 @@ CNN_REBALANCED = ("--batch-size", "16", *REBALANCED)
 #: ``b_perceptual``'s weight on ``losses.PerceptualLoss``: about L1's size at the start (the feature term of a grey
 #: result is ~0.38 against L1's ~0.10 on val images at 128 x 128).
 PERCEPTUAL_WEIGHT = "0.25"
+#: The feature loss in an adversarial phase, kept at its pre-training ratio to the reconstruction term (which the
+#: adversarial phase weighs at lambda 300): 300 x 0.25.
+ADVERSARIAL_PERCEPTUAL_WEIGHT = "75"
+#: The object proposals ``fg_perceptual`` trains on (``train.plan.PROPOSALS_COMMAND`` makes them).
+PROPOSALS = str(REPO / "runs" / "proposals.npz")
 
 ARMS = {
     "a": Arm("width 32, random init", (*BG_PRETRAIN, "--config", "width=32")),
@@ -88,6 +93,15 @@ ARMS = {
     "b_perceptual": Arm("width 64, ImageNet encoder, pre-trained on L1 + ImageNet-feature loss",
                         (*BG_PRETRAIN, "--config", "width=64", "--encoder-init", "imagenet",
                          "--loss-weight", f"perceptual={PERCEPTUAL_WEIGHT}")),
+    "fg_perceptual": Arm("foreground: width 64, ImageNet encoder, pre-trained on L1 + ImageNet-feature loss",
+                         (*BG_PRETRAIN, "--config", "width=64", "--encoder-init", "imagenet",
+                          "--loss-weight", f"perceptual={PERCEPTUAL_WEIGHT}", "--proposals", PROPOSALS),
+                         network="paracolorizer_fg"),
+    "bg_adversarial": Arm("background: the shipped width-64 generator's adversarial phase (rebalanced L1, mix 0.7, "
+                          "lambda 300, + feature loss)",
+                          ("--init", str(REPO / "assets" / "weights"), *rebalanced_gan("0.7"), *LAMBDA_300,
+                           "--loss-weight", f"perceptual={ADVERSARIAL_PERCEPTUAL_WEIGHT}", "--lr", "5e-5",
+                           "--batch-size", "16")),
     "cnn_shipped": Arm("today's cnn weights, continued", ("--init", str(REPO / "assets" / "weights"), *CNN_REBALANCED),
                        network="cnn"),
     "cnn_imagenet": Arm("cnn from ImageNet conv1-layer2", ("--encoder-init", "imagenet", *CNN_REBALANCED),

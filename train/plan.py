@@ -181,12 +181,9 @@ BG64_PERCEPTUAL = ("--size", "128", "--pretrain-share", "1", "--config", "width=
                    "--loss-weight", "perceptual=0.25", "--batch-size", "32", "--steps", "100000")
 
 
-PLAN: dict[str, tuple[Stage, ...]] = {
-    "paracolorizer_bg": (
-        Stage("ImageNet-64 pretrain 128, L1 + feature loss, part 1", "bg64_perc", BG64_PERCEPTUAL, 15),
-        Stage("ImageNet-64 pretrain 128, L1 + feature loss, part 2", "bg64_perc", (*BG64_PERCEPTUAL, "--resume"), 15),
-    ),
-    "paracolorizer_fg": (
+#: The foreground generator of releases 0.3.0-1.0.0 (width 32 from random weights), replaced in 1.1.0: its stages,
+#: kept for the record (the 1.0.0 model card lists their step counts).
+PARACOLORIZER_FG_WIDTH32: tuple[Stage, ...] = (
         Stage("pretrain 128", "fg_pre", ("--proposals", PROPOSALS, "--size", "128", "--pretrain-share", "1",
                                          "--steps", "100000"), 30),
         Stage("adversarial 128", "fg_adv", ("--proposals", PROPOSALS, "--init", "{root}/fg_pre", *ADVERSARIAL_128), 14),
@@ -218,6 +215,23 @@ PLAN: dict[str, tuple[Stage, ...]] = {
         # its weights with the lambda-1000 branch: the fusion reached FID 47.88, but the generator alone lost the
         # colour its own target needs (28.7 against 31.9); not shipped (docs/training.md).
         *gpu_finish("fg_gpu", "{root}/fg_adv", "0.8", ("--proposals", PROPOSALS)),
+    )
+
+#: Release 1.1.0's foreground generator: the paper's start (width 64, ImageNet ResNet-18 encoder), pre-trained
+#: at 128 x 128 on L1 plus the ImageNet-feature loss, on full images and object-proposal crops, as the background
+#: generator of 1.0.0 (arm ``fg_perceptual`` of ``python -m train.encoder_experiment``, four 15-minute parts);
+#: its adversarial phase has not run (the background's, on the CPU, cost FID: docs/training.md).
+FG64_PERCEPTUAL = ("--proposals", PROPOSALS, *BG64_PERCEPTUAL)
+
+
+PLAN: dict[str, tuple[Stage, ...]] = {
+    "paracolorizer_bg": (
+        Stage("ImageNet-64 pretrain 128, L1 + feature loss, part 1", "bg64_perc", BG64_PERCEPTUAL, 15),
+        Stage("ImageNet-64 pretrain 128, L1 + feature loss, part 2", "bg64_perc", (*BG64_PERCEPTUAL, "--resume"), 15),
+    ),
+    "paracolorizer_fg": tuple(
+        Stage(f"ImageNet-64 pretrain 128, L1 + feature loss, part {k}", "fg64_perc",
+              (*FG64_PERCEPTUAL, *(("--resume",) if k > 1 else ())), 15) for k in (1, 2, 3, 4)
     ),
     "paracolorizer_fusion": (
         Stage("train 128", "fusion", ("--size", "128", "--steps", "100000"), 8),
