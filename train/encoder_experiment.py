@@ -20,6 +20,10 @@ pre-training (its recipe's ``pretrain`` phase and data, at 128 x 128, one torch 
 - ``b_perceptual``: ``b``'s start pre-trained on L1 plus a feature loss through the frozen ImageNet ResNet-18
   (``losses.PerceptualLoss``, Johnson et al. 2016; weight ``PERCEPTUAL_WEIGHT``), the "NoGAN" idea of
   pre-training a colorizer on features instead of on a,b alone.
+- ``fg_perceptual``: ``b_perceptual``'s start and losses for the foreground generator (III-A), on full images and
+  the object-proposal crops of ``train.proposals`` (``runs/proposals.npz``, made first).
+- ``bg_adversarial``: the adversarial phase (III-B's second stage) from the shipped background generator
+  (``--init``): LSGAN + 300 x the rebalanced L1 (mix 0.7) + the feature loss at its pre-training ratio, batch 16.
 
 Each arm runs in chunks of ``--chunk`` CPU-minutes of its own process (``python -m train --cpu-minutes``, then
 ``--resume``), so arms that share the cores get equal work, and each chunk's export is kept as a snapshot.
