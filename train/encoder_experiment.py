@@ -82,6 +82,9 @@ PERCEPTUAL_WEIGHT = "0.25"
 #: The feature loss in an adversarial phase, kept at its pre-training ratio to the reconstruction term (which the
 #: adversarial phase weighs at lambda 300): 300 x 0.25.
 ADVERSARIAL_PERCEPTUAL_WEIGHT = "75"
+#: ``b_perceptual``'s pre-training, which ``fg_perceptual`` repeats for the foreground generator.
+PERCEPTUAL_PRETRAIN = (*BG_PRETRAIN, "--config", "width=64", "--encoder-init", "imagenet",
+                       "--loss-weight", f"perceptual={PERCEPTUAL_WEIGHT}")
 #: The object proposals ``fg_perceptual`` trains on (``train.plan.PROPOSALS_COMMAND`` makes them).
 PROPOSALS = str(REPO / "runs" / "proposals.npz")
 
@@ -94,13 +97,9 @@ ARMS = {
     "b_rebalanced": Arm("width 64, ImageNet encoder, pre-trained on the rebalanced L1 (mix 0.8)",
                         (*BG_PRETRAIN, "--config", "width=64", "--encoder-init", "imagenet",
                          "--rebalance-mix", "0.8", "--loss-weight", "l1=0", "--loss-weight", "l1_rebalanced=1")),
-    "b_perceptual": Arm("width 64, ImageNet encoder, pre-trained on L1 + ImageNet-feature loss",
-                        (*BG_PRETRAIN, "--config", "width=64", "--encoder-init", "imagenet",
-                         "--loss-weight", f"perceptual={PERCEPTUAL_WEIGHT}")),
+    "b_perceptual": Arm("width 64, ImageNet encoder, pre-trained on L1 + ImageNet-feature loss", PERCEPTUAL_PRETRAIN),
     "fg_perceptual": Arm("foreground: width 64, ImageNet encoder, pre-trained on L1 + ImageNet-feature loss",
-                         (*BG_PRETRAIN, "--config", "width=64", "--encoder-init", "imagenet",
-                          "--loss-weight", f"perceptual={PERCEPTUAL_WEIGHT}", "--proposals", PROPOSALS),
-                         network="paracolorizer_fg"),
+                         (*PERCEPTUAL_PRETRAIN, "--proposals", PROPOSALS), network="paracolorizer_fg"),
     "bg_adversarial": Arm("background: the shipped width-64 generator's adversarial phase (rebalanced L1, mix 0.7, "
                           "lambda 300, + feature loss)",
                           ("--init", str(REPO / "assets" / "weights"), *rebalanced_gan("0.7"), *LAMBDA_300,
